@@ -1,0 +1,225 @@
+// Command franz-compat drives github.com/twmb/franz-go against a Kafka-protocol
+// broker for compat-tests/run. Each subcommand is one step of a scenario so
+// that a failing run names the step that broke:
+//
+//	franz-compat create-topic -bootstrap B -topic T -partitions 3
+//	franz-compat produce      -bootstrap B -topic T -input lines.txt [-acks all|1] [-idempotent=false]
+//	franz-compat consume      -bootstrap B -topic T -out got.txt
+//
+// Lines are "key:value"; produce sends each as one record and consume writes
+// every record it reads back in the same form. Checking that each record
+// arrived exactly once is the caller's job (one checker for every client).
+//
+// consume reads without a consumer group (direct partition consumption) from
+// the start of every partition up to the end offsets listed before it began, so
+// duplicates stored in the log are read back too, not only missing records.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: franz-compat create-topic|produce|consume [flags]")
+		os.Exit(2)
+	}
+	cmd := os.Args[1]
+	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
+	bootstrap := fs.String("bootstrap", "127.0.0.1:9092", "seed broker host:port")
+	topic := fs.String("topic", "", "topic name")
+	partitions := fs.Int("partitions", 3, "partitions for create-topic")
+	input := fs.String("input", "", "produce: file of key:value lines")
+	out := fs.String("out", "", "consume: file to write key:value lines to")
+	acks := fs.String("acks", "all", "produce: all or 1")
+	idempotent := fs.Bool("idempotent", true, "produce: idempotent writes (franz-go's default)")
+	timeout := fs.Duration("timeout", 60*time.Second, "bound on the whole step")
+	_ = fs.Parse(os.Args[2:])
+	if *topic == "" {
+		fmt.Fprintln(os.Stderr, "-topic is required")
+		os.Exit(2)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(*bootstrap),
+		kgo.ClientID("franz-compat"),
+		kgo.RequestTimeoutOverhead(10 * time.Second),
+		kgo.RetryTimeout(30 * time.Second),
+	}
+
+	var err error
+	switch cmd {
+	case "create-topic":
+		err = createTopic(ctx, opts, *topic, int32(*partitions))
+	case "produce":
+		err = produce(ctx, opts, *topic, *input, *acks, *idempotent)
+	case "consume":
+		err = consume(ctx, opts, *topic, *out)
+	default:
+		err = fmt.Errorf("unknown subcommand %q", cmd)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "franz-compat %s: %v\n", cmd, err)
+		os.Exit(1)
+	}
+}
+
+func createTopic(ctx context.Context, opts []kgo.Opt, topic string, partitions int32) error {
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	resp, err := adm.CreateTopic(ctx, partitions, 1, nil, topic)
+	if err != nil {
+		return fmt.Errorf("CreateTopics: %w", err)
+	}
+	fmt.Printf("created topic %s (id %s) with %d partitions\n", resp.Topic, resp.ID, resp.NumPartitions)
+	return nil
+}
+
+func produce(ctx context.Context, opts []kgo.Opt, topic, input, acks string, idempotent bool) error {
+	lines, err := readLines(input)
+	if err != nil {
+		return err
+	}
+	opts = append(opts, kgo.DefaultProduceTopic(topic))
+	if acks == "1" {
+		opts = append(opts, kgo.RequiredAcks(kgo.LeaderAck()))
+	}
+	if !idempotent {
+		opts = append(opts, kgo.DisableIdempotentWrite())
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+
+	records := make([]*kgo.Record, 0, len(lines))
+	for _, line := range lines {
+		key, value, _ := strings.Cut(line, ":")
+		records = append(records, &kgo.Record{Key: []byte(key), Value: []byte(value)})
+	}
+	results := cl.ProduceSync(ctx, records...)
+	perPartition := map[int32]int{}
+	failed := 0
+	var firstErr error
+	for _, r := range results {
+		if r.Err != nil {
+			failed++
+			if firstErr == nil {
+				firstErr = r.Err
+			}
+			continue
+		}
+		perPartition[r.Record.Partition]++
+	}
+	fmt.Printf("produced %d records (acks=%s idempotent=%v), per partition %v, failed %d\n",
+		len(records)-failed, acks, idempotent, perPartition, failed)
+	if firstErr != nil {
+		return fmt.Errorf("%d records failed, first error: %w", failed, firstErr)
+	}
+	return nil
+}
+
+func consume(ctx context.Context, opts []kgo.Opt, topic, out string) error {
+	// The end offsets are the stop line: everything the log holds now.
+	admCl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	ends, err := kadm.NewClient(admCl).ListEndOffsets(ctx, topic)
+	admCl.Close()
+	if err != nil {
+		return fmt.Errorf("ListOffsets: %w", err)
+	}
+	if err := ends.Error(); err != nil {
+		return fmt.Errorf("ListOffsets: %w", err)
+	}
+	want := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) { want[o.Partition] = o.Offset })
+	fmt.Printf("end offsets %v\n", want)
+
+	opts = append(opts,
+		kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(500*time.Millisecond),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+	defer w.Flush()
+
+	next := map[int32]int64{} // next offset to read per partition
+	done := func() bool {
+		for p, end := range want {
+			if next[p] < end {
+				return false
+			}
+		}
+		return true
+	}
+	count := 0
+	for !done() {
+		fetches := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("consumed %d records, positions %v, wanted %v: %w", count, next, want, err)
+		}
+		var fetchErr error
+		fetches.EachError(func(t string, p int32, err error) {
+			fmt.Fprintf(os.Stderr, "fetch error %s[%d]: %v\n", t, p, err)
+			if fetchErr == nil && !errors.Is(err, context.DeadlineExceeded) {
+				fetchErr = err
+			}
+		})
+		fetches.EachRecord(func(r *kgo.Record) {
+			fmt.Fprintf(w, "%s:%s\n", r.Key, r.Value)
+			count++
+			if r.Offset+1 > next[r.Partition] {
+				next[r.Partition] = r.Offset + 1
+			}
+		})
+		if fetchErr != nil {
+			return fetchErr
+		}
+	}
+	fmt.Printf("consumed %d records, positions %v\n", count, next)
+	return nil
+}
+
+func readLines(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines, sc.Err()
+}

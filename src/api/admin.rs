@@ -1,0 +1,360 @@
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions,
+//! DeleteRecords, DescribeCluster.
+//!
+//! Until replication exists a partition has exactly one replica, this node:
+//! a replication factor above one, or an assignment naming another broker, is
+//! refused with Kafka's error rather than accepted and silently ignored.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use crate::broker::{Broker, KafkaError};
+use crate::cluster::TopicConfigs;
+
+/// Kafka's DescribeConfigs/CreateTopics config source for a topic's own value.
+const SOURCE_TOPIC: i8 = 1;
+/// ... and for a value inherited from the broker's static config.
+const SOURCE_BROKER_DEFAULT: i8 = 5;
+
+fn message(text: String) -> Option<StrBytes> {
+    Some(StrBytes::from_string(text))
+}
+
+/// One topic to create, after defaults are applied.
+struct NewTopic {
+    name: String,
+    partitions: i32,
+    replication_factor: i16,
+    configs: BTreeMap<String, String>,
+}
+
+fn check_new_topic(broker: &Broker, topic: &kafka_protocol::messages::create_topics_request::CreatableTopic) -> Result<NewTopic, KafkaError> {
+    let name = topic.name.to_string();
+    let replication_factor = match topic.replication_factor {
+        -1 => broker.config.default_replication_factor,
+        rf => rf,
+    };
+    let mut partitions = match topic.num_partitions {
+        -1 => broker.config.num_partitions,
+        n => n,
+    };
+    if !topic.assignments.is_empty() {
+        if topic.num_partitions != -1 || topic.replication_factor != -1 {
+            return Err((
+                ResponseError::InvalidRequest,
+                "Both numPartitions or replicationFactor and replicasAssignments were set.".into(),
+            ));
+        }
+        let node = broker.config.node_id;
+        for a in &topic.assignments {
+            if a.broker_ids.len() != 1 || a.broker_ids[0] != node {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    format!("Partition {} may only be assigned to broker {node} (replication is not available yet).", a.partition_index),
+                ));
+            }
+        }
+        let mut indexes: Vec<i32> = topic.assignments.iter().map(|a| a.partition_index).collect();
+        indexes.sort_unstable();
+        if indexes.iter().enumerate().any(|(i, p)| *p != i as i32) {
+            return Err((
+                ResponseError::InvalidReplicaAssignment,
+                "Partitions must be numbered consecutively from 0.".into(),
+            ));
+        }
+        partitions = indexes.len() as i32;
+    } else if replication_factor != 1 {
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            format!("Replication factor {replication_factor} is not supported: this cluster has 1 broker and replication is not available yet."),
+        ));
+    }
+    let mut configs = BTreeMap::new();
+    for c in &topic.configs {
+        let Some(value) = &c.value else {
+            return Err((ResponseError::InvalidConfig, format!("Null value not supported for topic config {}", c.name.as_str())));
+        };
+        configs.insert(c.name.to_string(), value.to_string());
+    }
+    broker.metadata.validate_new_topic(&name, partitions)?;
+    TopicConfigs::validate_all(&configs)?;
+    Ok(NewTopic {
+        name,
+        partitions,
+        replication_factor: if replication_factor == -1 { 1 } else { replication_factor },
+        configs,
+    })
+}
+
+pub async fn create_topics(broker: &Arc<Broker>, version: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let b = broker.clone();
+    let results = super::blocking(move || {
+        let mut seen = HashSet::new();
+        let duplicates: HashSet<String> = request
+            .topics
+            .iter()
+            .filter(|t| !seen.insert(t.name.to_string()))
+            .map(|t| t.name.to_string())
+            .collect();
+        request
+            .topics
+            .iter()
+            .map(|topic| {
+                let mut r = CreatableTopicResult::default();
+                r.name = topic.name.clone();
+                let outcome = if duplicates.contains(topic.name.as_str()) {
+                    Err((ResponseError::InvalidRequest, "Duplicate topic name in request.".to_string()))
+                } else {
+                    check_new_topic(&b, topic).and_then(|new| {
+                        if request.validate_only {
+                            Ok((new, Uuid::nil()))
+                        } else {
+                            b.create_topic(&new.name, new.partitions, new.configs.clone()).map(|meta| (new, meta.id))
+                        }
+                    })
+                };
+                match outcome {
+                    Ok((new, id)) => {
+                        if version >= 5 {
+                            r.num_partitions = new.partitions;
+                            r.replication_factor = new.replication_factor;
+                            r.configs = Some(
+                                TopicConfigs::describe(&b.config, &new.configs)
+                                    .into_iter()
+                                    .map(|(name, value, own)| {
+                                        let mut c = CreatableTopicConfigs::default();
+                                        c.name = StrBytes::from_static_str(name);
+                                        c.value = Some(StrBytes::from_string(value));
+                                        c.config_source = if own { SOURCE_TOPIC } else { SOURCE_BROKER_DEFAULT };
+                                        c
+                                    })
+                                    .collect(),
+                            );
+                        }
+                        if version >= 7 {
+                            r.topic_id = id;
+                        }
+                    }
+                    Err((code, text)) => {
+                        r.error_code = code.code();
+                        if version >= 1 {
+                            r.error_message = message(text);
+                        }
+                    }
+                }
+                r
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let mut response = CreateTopicsResponse::default();
+    match results {
+        Ok(topics) => response.topics = topics,
+        Err((_, text)) => tracing::error!(%text, "create topics failed"),
+    }
+    response
+}
+
+pub async fn delete_topics(broker: &Arc<Broker>, version: i16, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    // v6+ names topics by name or id; older versions by name only.
+    let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
+        request
+            .topics
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.to_string()), t.topic_id))
+            .collect()
+    } else {
+        request.topic_names.into_iter().map(|n| (Some(n.to_string()), Uuid::nil())).collect()
+    };
+    let b = broker.clone();
+    let results = super::blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(name, id)| {
+                let mut r = DeletableTopicResult::default();
+                let resolved = match &name {
+                    Some(n) => Some(n.clone()),
+                    None => b.metadata.topic_by_id(id).map(|t| t.name),
+                };
+                let outcome = match &resolved {
+                    _ if !b.config.delete_topic_enable => {
+                        Err((ResponseError::TopicDeletionDisabled, "Topic deletion is disabled.".to_string()))
+                    }
+                    None => Err((ResponseError::UnknownTopicId, format!("Topic id {id} does not exist."))),
+                    Some(n) => match b.metadata.topic(n) {
+                        Some(meta) if meta.internal => {
+                            Err((ResponseError::InvalidTopicException, "Internal topics cannot be deleted.".into()))
+                        }
+                        _ => b.delete_topic(n),
+                    },
+                };
+                r.name = resolved.map(|n| TopicName(StrBytes::from_string(n)));
+                match outcome {
+                    Ok(meta) => {
+                        if version >= 6 {
+                            r.topic_id = meta.id;
+                        }
+                    }
+                    Err((code, text)) => {
+                        if version >= 6 {
+                            r.topic_id = id;
+                        }
+                        r.error_code = code.code();
+                        if version >= 5 {
+                            r.error_message = message(text);
+                        }
+                    }
+                }
+                r
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let mut response = DeleteTopicsResponse::default();
+    match results {
+        Ok(r) => response.responses = r,
+        Err((_, text)) => tracing::error!(%text, "delete topics failed"),
+    }
+    response
+}
+
+pub async fn create_partitions(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let b = broker.clone();
+    let results = super::blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let mut r = CreatePartitionsTopicResult::default();
+                let node = b.config.node_id;
+                let outcome = if topic
+                    .assignments
+                    .as_ref()
+                    .is_some_and(|a| a.iter().any(|x| x.broker_ids.len() != 1 || x.broker_ids[0] != BrokerId(node)))
+                {
+                    Err((
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("New partitions may only be assigned to broker {node}."),
+                    ))
+                } else {
+                    match b.metadata.topic(&topic.name) {
+                        None => Err((ResponseError::UnknownTopicOrPartition, format!("The topic '{}' does not exist.", topic.name.as_str()))),
+                        Some(meta) if topic.count <= meta.partitions => Err((
+                            ResponseError::InvalidPartitions,
+                            format!(
+                                "Topic currently has {} partitions, which is higher than the requested {}.",
+                                meta.partitions, topic.count
+                            ),
+                        )),
+                        Some(_) if request.validate_only => Ok(()),
+                        Some(_) => b.add_partitions(&topic.name, topic.count).map(|_| ()),
+                    }
+                };
+                if let Err((code, text)) = outcome {
+                    r.error_code = code.code();
+                    r.error_message = message(text);
+                }
+                r.name = topic.name;
+                r
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let mut response = CreatePartitionsResponse::default();
+    match results {
+        Ok(r) => response.results = r,
+        Err((_, text)) => tracing::error!(%text, "create partitions failed"),
+    }
+    response
+}
+
+pub async fn delete_records(broker: &Arc<Broker>, _version: i16, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let b = broker.clone();
+    let results = super::blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let mut t = DeleteRecordsTopicResult::default();
+                t.partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut r = DeleteRecordsPartitionResult::default();
+                        r.partition_index = p.partition_index;
+                        r.low_watermark = -1;
+                        match b.replicas.get(&topic.name, p.partition_index) {
+                            None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                            Some(partition) => {
+                                let hw = partition.high_watermark();
+                                // -1 means "up to the high watermark".
+                                let target = if p.offset == -1 { hw } else { p.offset };
+                                if target < 0 || target > hw {
+                                    r.error_code = ResponseError::OffsetOutOfRange.code();
+                                } else {
+                                    match partition.with_log(|log| log.delete_records_before(target)) {
+                                        Ok(low) => r.low_watermark = low,
+                                        Err(e) => {
+                                            tracing::error!(error = %e, "delete records failed");
+                                            r.error_code = ResponseError::KafkaStorageError.code();
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        r
+                    })
+                    .collect();
+                t.name = topic.name;
+                t
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let mut response = DeleteRecordsResponse::default();
+    match results {
+        Ok(r) => response.topics = r,
+        Err((_, text)) => tracing::error!(%text, "delete records failed"),
+    }
+    response
+}
+
+pub fn describe_cluster(broker: &Broker, version: i16, request: DescribeClusterRequest) -> DescribeClusterResponse {
+    let mut response = DescribeClusterResponse::default();
+    // Endpoint type 2 asks for controllers: this node is also the controller.
+    if version >= 1 && request.endpoint_type != 1 && request.endpoint_type != 2 {
+        response.error_code = ResponseError::UnsupportedEndpointType.code();
+        return response;
+    }
+    if version >= 1 {
+        response.endpoint_type = request.endpoint_type;
+    }
+    let (host, port) = broker.advertised();
+    let mut node = DescribeClusterBroker::default();
+    node.broker_id = BrokerId(broker.config.node_id);
+    node.host = StrBytes::from_string(host.to_string());
+    node.port = port;
+    node.rack = broker.config.rack.clone().map(StrBytes::from_string);
+    response.brokers = vec![node];
+    response.cluster_id = StrBytes::from_string(broker.metadata.cluster_id().to_string());
+    response.controller_id = BrokerId(broker.metadata.controller_id());
+    response
+}

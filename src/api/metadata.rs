@@ -1,0 +1,139 @@
+//! Metadata: brokers, controller, cluster id, and each topic's partitions with
+//! their leader and leader epoch. Auto-creates requested topics when
+//! `auto.create.topics.enable` is on and the client allows it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use crate::broker::Broker;
+use crate::cluster::{validate_topic_name, TopicMeta};
+
+/// Most topics one Metadata request may name (bounds the work per request).
+const METADATA_TOPICS_MAX: usize = 10_000;
+
+pub async fn handle(broker: &Arc<Broker>, version: i16, request: MetadataRequest) -> MetadataResponse {
+    let mut response = MetadataResponse::default();
+    let (host, port) = broker.advertised();
+    let mut node = MetadataResponseBroker::default();
+    node.node_id = BrokerId(broker.config.node_id);
+    node.host = StrBytes::from_string(host.to_string());
+    node.port = port;
+    if version >= 1 {
+        node.rack = broker.config.rack.clone().map(StrBytes::from_string);
+        response.controller_id = BrokerId(broker.metadata.controller_id());
+    }
+    response.brokers = vec![node];
+    if version >= 2 {
+        response.cluster_id = Some(StrBytes::from_string(broker.metadata.cluster_id().to_string()));
+    }
+
+    // v0: an empty list means every topic; v1+: null means every topic.
+    let requested = match request.topics {
+        None => None,
+        Some(list) if list.is_empty() && version == 0 => None,
+        Some(list) => Some(list),
+    };
+    let allow_auto_create = (version < 4 || request.allow_auto_topic_creation)
+        && broker.config.auto_create_topics_enable;
+
+    match requested {
+        None => {
+            for topic in broker.metadata.topics() {
+                response.topics.push(topic_response(broker, version, &topic));
+            }
+        }
+        Some(list) => {
+            for wanted in list.into_iter().take(METADATA_TOPICS_MAX) {
+                let entry = match wanted.name {
+                    Some(name) => by_name(broker, version, name, allow_auto_create).await,
+                    None => match broker.metadata.topic_by_id(wanted.topic_id) {
+                        Some(topic) => topic_response(broker, version, &topic),
+                        None => error_topic(version, None, wanted.topic_id, ResponseError::UnknownTopicId),
+                    },
+                };
+                response.topics.push(entry);
+            }
+        }
+    }
+    response
+}
+
+async fn by_name(broker: &Arc<Broker>, version: i16, name: TopicName, allow_auto_create: bool) -> MetadataResponseTopic {
+    if let Some(topic) = broker.metadata.topic(&name) {
+        return topic_response(broker, version, &topic);
+    }
+    if let Err((code, _)) = validate_topic_name(&name) {
+        return error_topic(version, Some(name), Uuid::nil(), code);
+    }
+    if !allow_auto_create {
+        return error_topic(version, Some(name), Uuid::nil(), ResponseError::UnknownTopicOrPartition);
+    }
+    let b = broker.clone();
+    let topic_name = name.to_string();
+    let partitions = broker.config.num_partitions;
+    let created = super::blocking(move || b.create_topic(&topic_name, partitions, BTreeMap::new())).await;
+    match created.and_then(|r| r) {
+        Ok(topic) => topic_response(broker, version, &topic),
+        // Another request created it between our check and our create.
+        Err((ResponseError::TopicAlreadyExists, _)) => match broker.metadata.topic(&name) {
+            Some(topic) => topic_response(broker, version, &topic),
+            None => error_topic(version, Some(name), Uuid::nil(), ResponseError::LeaderNotAvailable),
+        },
+        Err((code, message)) => {
+            tracing::warn!(topic = %name.as_str(), %message, "auto-create failed");
+            error_topic(version, Some(name), Uuid::nil(), code)
+        }
+    }
+}
+
+fn topic_response(broker: &Broker, version: i16, topic: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(broker.config.node_id);
+    let mut out = MetadataResponseTopic::default();
+    out.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
+    if version >= 10 {
+        out.topic_id = topic.id;
+    }
+    if version >= 1 {
+        out.is_internal = topic.internal;
+    }
+    out.partitions = (0..topic.partitions)
+        .map(|index| {
+            let mut p = MetadataResponsePartition::default();
+            p.partition_index = index;
+            p.leader_id = node;
+            match broker.replicas.get(&topic.name, index) {
+                Some(partition) => {
+                    if version >= 7 {
+                        p.leader_epoch = partition.leader_epoch();
+                    }
+                }
+                None => {
+                    p.error_code = ResponseError::LeaderNotAvailable.code();
+                    p.leader_id = BrokerId(-1);
+                }
+            }
+            p.replica_nodes = vec![node];
+            p.isr_nodes = vec![node];
+            p
+        })
+        .collect();
+    out
+}
+
+fn error_topic(version: i16, name: Option<TopicName>, id: Uuid, code: ResponseError) -> MetadataResponseTopic {
+    let mut out = MetadataResponseTopic::default();
+    out.error_code = code.code();
+    out.name = name;
+    if version >= 10 {
+        out.topic_id = id;
+    }
+    out
+}

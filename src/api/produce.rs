@@ -1,0 +1,170 @@
+//! Produce: validates each partition's batches (CRC32C, size, producer
+//! sequence), assigns offsets, appends, and answers per partition.
+//!
+//! All partitions of one request are appended in a single blocking task: one
+//! thread hop per request, not per partition. Records are never decoded: the
+//! log checks batch headers and CRCs only.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use super::Outcome;
+use crate::broker::{now_ms, Broker};
+use crate::log::AppendInfo;
+
+/// One partition's slice of the request, resolved to a partition (or an error).
+struct Work {
+    topic_index: usize,
+    partition_index: i32,
+    records: Option<Bytes>,
+    /// `None` until appended; an error set up front skips the append.
+    result: Option<Result<AppendInfo, (ResponseError, String)>>,
+}
+
+pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Outcome {
+    let acks = request.acks;
+    let mut topics: Vec<(TopicName, Uuid, Option<String>)> = Vec::with_capacity(request.topic_data.len());
+    let mut work = Vec::new();
+    let request_error = if !matches!(acks, -1..=1) {
+        Some(ResponseError::InvalidRequiredAcks)
+    } else if request.transactional_id.is_some() {
+        // Transactions are not implemented; InitProducerId refuses
+        // transactional ids, so a well-behaved client never gets here.
+        Some(ResponseError::TransactionalIdAuthorizationFailed)
+    } else {
+        None
+    };
+
+    for topic in request.topic_data {
+        // Produce v13+ names topics by id.
+        let name = if version >= 13 {
+            broker.metadata.topic_by_id(topic.topic_id).map(|t| t.name)
+        } else {
+            Some(topic.name.to_string())
+        };
+        let topic_index = topics.len();
+        topics.push((topic.name.clone(), topic.topic_id, name.clone()));
+        for partition in topic.partition_data {
+            let result = match (&request_error, &name) {
+                (Some(code), _) => Some(Err((*code, String::new()))),
+                (None, None) if version >= 13 => Some(Err((ResponseError::UnknownTopicId, String::new()))),
+                (None, None) => Some(Err((ResponseError::UnknownTopicOrPartition, String::new()))),
+                (None, Some(_)) => None,
+            };
+            work.push(Work {
+                topic_index,
+                partition_index: partition.index,
+                records: partition.records,
+                result,
+            });
+        }
+    }
+
+    let b = broker.clone();
+    let names: Vec<Option<String>> = topics.iter().map(|t| t.2.clone()).collect();
+    let appended = super::blocking(move || {
+        let now = now_ms();
+        for item in work.iter_mut() {
+            if item.result.is_some() {
+                continue;
+            }
+            let name = names[item.topic_index].as_deref().unwrap_or_default();
+            item.result = Some(append_one(&b, name, item.partition_index, item.records.take(), now, version));
+        }
+        work
+    })
+    .await;
+    let work = match appended {
+        Ok(work) => work,
+        Err((_, message)) => return Outcome::Close(format!("produce failed: {message}")),
+    };
+
+    if acks == 0 {
+        // Kafka closes the connection when an acks=0 produce fails, the only
+        // way such a client can notice.
+        return match work.iter().find_map(|w| w.result.as_ref().and_then(|r| r.as_ref().err())) {
+            Some((code, _)) => Outcome::Close(format!("acks=0 produce failed with {code:?}")),
+            None => Outcome::NoResponse,
+        };
+    }
+
+    let mut response = ProduceResponse::default();
+    let mut responses: Vec<TopicProduceResponse> = topics
+        .into_iter()
+        .map(|(name, id, _)| {
+            let mut t = TopicProduceResponse::default();
+            if version >= 13 {
+                t.topic_id = id;
+            } else {
+                t.name = name;
+            }
+            t
+        })
+        .collect();
+    for item in work {
+        let mut p = PartitionProduceResponse::default();
+        p.index = item.partition_index;
+        let result = item
+            .result
+            .unwrap_or_else(|| Err((ResponseError::UnknownServerError, "not appended".into())));
+        match result {
+            Ok(info) => {
+                p.base_offset = info.base_offset;
+                if version >= 2 {
+                    p.log_append_time_ms = info.log_append_time_ms;
+                }
+                if version >= 5 {
+                    p.log_start_offset = info.log_start_offset;
+                }
+            }
+            Err((code, message)) => {
+                p.error_code = code.code();
+                p.base_offset = -1;
+                if version >= 8 && !message.is_empty() {
+                    p.error_message = Some(StrBytes::from_string(message));
+                }
+            }
+        }
+        if let Some(t) = responses.get_mut(item.topic_index) {
+            t.partition_responses.push(p);
+        }
+    }
+    response.responses = responses;
+    ResponseKind::Produce(response).into()
+}
+
+fn append_one(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    records: Option<Bytes>,
+    now: i64,
+    version: i16,
+) -> Result<AppendInfo, (ResponseError, String)> {
+    let Some(target) = broker.replicas.get(topic, partition) else {
+        return Err((ResponseError::UnknownTopicOrPartition, String::new()));
+    };
+    let records = match records {
+        Some(r) if !r.is_empty() => r,
+        _ => return Err((ResponseError::InvalidRecord, "produce request without records".into())),
+    };
+    target.append_blocking(&records, now).map_err(|e| {
+        let mut code = ResponseError::try_from_code(e.kafka_error_code()).unwrap_or(ResponseError::UnknownServerError);
+        // INVALID_RECORD exists from Produce v8; older clients know CORRUPT_MESSAGE.
+        if code == ResponseError::InvalidRecord && version < 8 {
+            code = ResponseError::CorruptMessage;
+        }
+        if code == ResponseError::KafkaStorageError {
+            tracing::error!(topic, partition, error = %e, "append failed");
+        } else {
+            tracing::debug!(topic, partition, error = %e, "append rejected");
+        }
+        (code, e.to_string())
+    })
+}

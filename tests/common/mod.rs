@@ -1,0 +1,790 @@
+//! Whole-broker test harness: runs a real `fjord` process and talks to it with
+//! stock clients (rdkafka) or raw TCP.
+//!
+//! Design decision: every test gets its own broker process, data directory and
+//! port, so tests in one file can run in parallel and a crash in one test never
+//! poisons another. The price (a process start per test) is small next to the
+//! client work each test does.
+//!
+//! `FJORD_TEST_EXTERNAL_BOOTSTRAP=host:port` points the tests that never stop
+//! or kill the broker at an already running broker instead (for example Apache
+//! Kafka, to check the tests themselves); tests that need to stop, kill or
+//! restart the broker print why and skip in that mode.
+
+#![allow(dead_code)] // Each test file uses a different subset of the harness.
+
+pub mod produce_stream;
+pub mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Environment variable naming an already running broker to test instead of
+/// spawning `fjord`.
+pub const EXTERNAL_BOOTSTRAP_ENV: &str = "FJORD_TEST_EXTERNAL_BOOTSTRAP";
+/// Environment variable naming the `fjord` binary when the tests do not live
+/// in the `fjord` crate (where Cargo sets `CARGO_BIN_EXE_fjord`).
+pub const FJORD_BIN_ENV: &str = "FJORD_BIN";
+
+/// How long a freshly spawned broker may take to accept TCP connections. A
+/// debug build on a loaded 2-core machine is slow to start; a broker that is
+/// not listening after this is broken.
+pub const BROKER_READY_WAIT_MAX: Duration = Duration::from_secs(60);
+/// How long a broker may take to exit after SIGTERM before we call it hung.
+pub const BROKER_STOP_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Interval between readiness/exit checks: there is no event to wait for on a
+/// foreign process, so we poll, always under one of the bounds above.
+const PROCESS_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Bound for admin operations and for a new topic to show leaders in metadata.
+pub const TOPIC_READY_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Timeout of one blocking metadata / watermark request.
+pub const METADATA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of broker output shown when a test fails.
+const BROKER_LOG_TAIL_LINES: usize = 60;
+
+/// A broker under test: either a `fjord` process owned by this handle, or an
+/// external broker given by [`EXTERNAL_BOOTSTRAP_ENV`].
+pub struct Broker {
+    bootstrap: String,
+    process: Option<BrokerProcess>,
+}
+
+/// A `fjord serve` process and everything needed to start it again on the
+/// same data directory and port.
+struct BrokerProcess {
+    bin: PathBuf,
+    /// Holds `data/` (the broker's `--log-dirs`) and `fjord.log` (its
+    /// stdout and stderr, appended across restarts).
+    dir: tempfile::TempDir,
+    port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// A broker with default settings: the external one if configured, else a
+    /// fresh `fjord` process.
+    pub fn start() -> Result<Broker> {
+        Broker::start_with(&[])
+    }
+
+    /// Like [`Broker::start`], with extra `fjord serve` arguments (for example
+    /// `["--override", "socket.request.max.bytes=1048576"]`). An external
+    /// broker runs with its own configuration; the arguments are then ignored
+    /// and the test must cope with the external broker's defaults.
+    pub fn start_with(extra_args: &[&str]) -> Result<Broker> {
+        if let Some(bootstrap) = external_bootstrap() {
+            if !extra_args.is_empty() {
+                eprintln!("note: external broker {bootstrap}: ignoring broker args {extra_args:?}");
+            }
+            return Ok(Broker {
+                bootstrap,
+                process: None,
+            });
+        }
+        Broker::spawn(extra_args)
+    }
+
+    /// A `fjord` process owned by the test, for tests that stop, kill or
+    /// restart the broker. Returns `None` (after printing why) when an
+    /// external broker is configured: such a test must then skip.
+    pub fn start_process(test_name: &str, extra_args: &[&str]) -> Result<Option<Broker>> {
+        if let Some(bootstrap) = external_bootstrap() {
+            eprintln!(
+                "SKIP {test_name}: needs to stop/kill/restart its own fjord process, \
+                 but {EXTERNAL_BOOTSTRAP_ENV}={bootstrap} is set"
+            );
+            return Ok(None);
+        }
+        Broker::spawn(extra_args).map(Some)
+    }
+
+    fn spawn(extra_args: &[&str]) -> Result<Broker> {
+        let bin = fjord_bin()?;
+        let dir = tempfile::Builder::new()
+            .prefix("fjord-it-")
+            .tempdir()
+            .context("creating the broker's temporary directory")?;
+        let port = free_port()?;
+        let mut process = BrokerProcess {
+            bin,
+            dir,
+            port,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        process.launch()?;
+        Ok(Broker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            process: Some(process),
+        })
+    }
+
+    /// `host:port` for clients' `bootstrap.servers`.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// True when testing an external broker (no process control).
+    pub fn is_external(&self) -> bool {
+        self.process.is_none()
+    }
+
+    /// Process id of the running `fjord`, if this handle owns one.
+    pub fn pid(&self) -> Option<u32> {
+        self.process
+            .as_ref()
+            .and_then(|p| p.child.as_ref())
+            .map(|c| c.id())
+    }
+
+    /// Whether the broker is still up: for an owned process, that it has not
+    /// exited; for an external broker, that it accepts a TCP connection.
+    pub fn is_alive(&mut self) -> bool {
+        match self.process.as_mut() {
+            Some(p) => match p.child.as_mut() {
+                Some(child) => matches!(child.try_wait(), Ok(None)),
+                None => false,
+            },
+            None => match self.bootstrap.parse::<SocketAddr>() {
+                Ok(addr) => TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok(),
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Graceful stop: SIGTERM, then wait (bounded) for the process to exit.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.process_mut()?.stop()
+    }
+
+    /// Crash stop: SIGKILL, then reap the process.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.process_mut()?.kill9()
+    }
+
+    /// Stops the broker gracefully if it is running, then starts it again on
+    /// the same data directory and port, and waits until it accepts
+    /// connections.
+    pub fn restart(&mut self) -> Result<()> {
+        let process = self.process_mut()?;
+        if process.child.is_some() {
+            process.stop()?;
+        }
+        process.launch()
+    }
+
+    /// The last lines of the broker's output (empty for an external broker).
+    pub fn log_tail(&self) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.log_tail())
+            .unwrap_or_default()
+    }
+
+    /// Peak resident memory of the broker process in KiB (`VmHWM`), if this
+    /// handle owns a running process.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    fn process_mut(&mut self) -> Result<&mut BrokerProcess> {
+        self.process
+            .as_mut()
+            .ok_or_else(|| anyhow!("no process control over external broker {}", self.bootstrap))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let Some(process) = self.process.as_mut() else {
+            return;
+        };
+        if let Some(mut child) = process.child.take() {
+            // SIGKILL: a test is over, its broker's shutdown is not under test.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "---- fjord output (last {BROKER_LOG_TAIL_LINES} lines, {}) ----\n{}",
+                process.log_path().display(),
+                process.log_tail()
+            );
+        }
+    }
+}
+
+impl BrokerProcess {
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("fjord.log")
+    }
+
+    /// Spawns `fjord serve` and waits until its listener accepts connections.
+    fn launch(&mut self) -> Result<()> {
+        assert!(
+            self.child.is_none(),
+            "launching a broker that is still running"
+        );
+        std::fs::create_dir_all(self.data_dir())?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .arg("--listeners")
+            .arg(format!("PLAINTEXT://127.0.0.1:{}", self.port))
+            .arg("--log-dirs")
+            .arg(self.data_dir())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {:?}", self.bin))?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let started = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("wait_ready without a child");
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                bail!(
+                    "fjord exited during start-up ({status}); output:\n{}",
+                    self.log_tail()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > BROKER_READY_WAIT_MAX {
+                bail!(
+                    "fjord did not accept connections on {addr} within {BROKER_READY_WAIT_MAX:?}; output:\n{}",
+                    self.log_tail()
+                );
+            }
+            thread::sleep(PROCESS_POLL_INTERVAL);
+        }
+    }
+
+    fn stop(&mut self) -> Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("stop: broker is not running"))?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .context("running kill -TERM")?;
+        ensure!(
+            status.success(),
+            "kill -TERM {} failed: {status}",
+            child.id()
+        );
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > BROKER_STOP_WAIT_MAX {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "fjord did not exit within {BROKER_STOP_WAIT_MAX:?} of SIGTERM (killed it); output:\n{}",
+                    self.log_tail()
+                );
+            }
+            thread::sleep(PROCESS_POLL_INTERVAL);
+        }
+    }
+
+    fn kill9(&mut self) -> Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("kill9: broker is not running"))?;
+        child.kill().context("SIGKILL")?;
+        child.wait().context("reaping killed broker")?;
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(self.log_path()) {
+            let _ = f.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(BROKER_LOG_TAIL_LINES);
+        lines[from..].join("\n")
+    }
+}
+
+fn external_bootstrap() -> Option<String> {
+    std::env::var(EXTERNAL_BOOTSTRAP_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+fn fjord_bin() -> Result<PathBuf> {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_fjord") {
+        return Ok(PathBuf::from(path));
+    }
+    match std::env::var_os(FJORD_BIN_ENV) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => bail!(
+            "no fjord binary: set {FJORD_BIN_ENV}=/path/to/fjord (or {EXTERNAL_BOOTSTRAP_ENV}=host:port)"
+        ),
+    }
+}
+
+/// A port that was free a moment ago. Another process could take it before
+/// the broker binds; on a test machine that race is rare and shows up as a
+/// clear start-up failure.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A topic name no other test (or earlier run against an external broker)
+/// uses.
+pub fn unique_topic(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Client settings shared by every rdkafka client in the tests.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        // Quick reconnects after a broker restart; the default backoff grows to 10 s.
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "500");
+    config
+}
+
+/// A producer with `acks=all` (librdkafka's default, set explicitly because
+/// the durability tests depend on it) and the given extra settings.
+pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> Result<FutureProducer> {
+    let mut config = client_config(bootstrap);
+    config.set("acks", "all");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    Ok(config.create()?)
+}
+
+/// Settings for a consumer that is given its partitions with `assign()` (a
+/// group id is required by librdkafka but no group membership is used, and
+/// nothing is committed) and checks record-batch CRCs.
+pub fn consumer_config(bootstrap: &str, extra: &[(&str, &str)]) -> ClientConfig {
+    let mut config = client_config(bootstrap);
+    config
+        .set("group.id", unique_topic("fjord-it-group"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("check.crcs", "true");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config
+}
+
+/// Assigns partitions `0..partitions` of `topic`, each starting at `start`.
+pub fn assign_all<C: Consumer<Ctx>, Ctx: ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+    partitions: i32,
+    start: Offset,
+) -> Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, start)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(())
+}
+
+/// A [`consumer_config`] consumer with all partitions of `topic` assigned.
+pub fn assigned_consumer(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    start: Offset,
+    extra: &[(&str, &str)],
+) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = consumer_config(bootstrap, extra).create()?;
+    assign_all(&consumer, topic, partitions, start)?;
+    Ok(consumer)
+}
+
+/// Creates a topic and waits until metadata shows a leader for every
+/// partition, so that the first produce does not race topic creation.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(TOPIC_READY_WAIT_MAX));
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = tokio::time::timeout(
+        TOPIC_READY_WAIT_MAX,
+        admin.create_topics([&new_topic], &options),
+    )
+    .await
+    .context("CreateTopics timed out")??;
+    for result in results {
+        result.map_err(|(name, code)| anyhow!("creating topic {name}: {code:?}"))?;
+    }
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || wait_topic_leaders(&bootstrap, &topic, partitions)).await?
+}
+
+fn wait_topic_leaders(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    let client: BaseConsumer = client_config(bootstrap).create()?;
+    let started = Instant::now();
+    loop {
+        let metadata = client.fetch_metadata(Some(topic), METADATA_REQUEST_TIMEOUT);
+        if let Ok(metadata) = metadata {
+            let ready = metadata.topics().iter().any(|t| {
+                t.name() == topic
+                    && t.error().is_none()
+                    && t.partitions().len() == partitions as usize
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            });
+            if ready {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > TOPIC_READY_WAIT_MAX {
+            bail!("topic {topic} has no leaders after {TOPIC_READY_WAIT_MAX:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (low, high) watermarks of every partition of `topic`. Retries (bounded)
+/// while the broker cannot answer yet, e.g. just after a restart while it
+/// recovers its logs: a client does the same.
+pub async fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<(i64, i64)>> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || -> Result<Vec<(i64, i64)>> {
+        let client: BaseConsumer = client_config(&bootstrap).create()?;
+        let started = Instant::now();
+        loop {
+            let marks: Result<Vec<(i64, i64)>> = (0..partitions)
+                .map(|p| {
+                    client
+                        .fetch_watermarks(&topic, p, METADATA_REQUEST_TIMEOUT)
+                        .with_context(|| format!("watermarks of {topic}/{p}"))
+                })
+                .collect();
+            match marks {
+                Ok(marks) => return Ok(marks),
+                Err(e) if started.elapsed() > TOPIC_READY_WAIT_MAX => return Err(e),
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })
+    .await?
+}
+
+/// One consumed record, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Receives exactly `count` records (failing on any consumer error), within
+/// `wait_max` in total.
+pub async fn consume_count<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    count: usize,
+    wait_max: Duration,
+) -> Result<Vec<Record>> {
+    let deadline = tokio::time::Instant::now() + wait_max;
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "received {} of {count} records within {wait_max:?}",
+                    records.len()
+                )
+            })?
+            .context("consumer error")?;
+        records.push(Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+        });
+    }
+    Ok(records)
+}
+
+/// Reads every partition of `topic` from offset 0 up to the high watermark
+/// as of the call, within `wait_max`. Fails if a partition's log does not start
+/// at 0 (nothing in these tests deletes records).
+pub async fn consume_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    wait_max: Duration,
+) -> Result<Vec<Record>> {
+    let marks = watermarks(bootstrap, topic, partitions).await?;
+    for (p, (low, _)) in marks.iter().enumerate() {
+        ensure!(
+            *low == 0,
+            "partition {p} log start offset is {low}, expected 0"
+        );
+    }
+    let total: i64 = marks.iter().map(|(low, high)| high - low).sum();
+    let consumer = assigned_consumer(bootstrap, topic, partitions, Offset::Beginning, &[])?;
+    let records = consume_count(&consumer, total as usize, wait_max).await?;
+    for r in &records {
+        let high = marks[r.partition as usize].1;
+        ensure!(
+            r.offset < high,
+            "record at {}/{} is above the high watermark {high} read before consuming",
+            r.partition,
+            r.offset
+        );
+    }
+    Ok(records)
+}
+
+/// Groups records by partition, in the order they were received.
+pub fn by_partition(records: &[Record]) -> BTreeMap<i32, Vec<&Record>> {
+    let mut map: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        map.entry(r.partition).or_default().push(r);
+    }
+    map
+}
+
+/// Asserts that within each partition the received offsets are
+/// `first, first+1, first+2, ...` (no gap, no duplicate, no reordering).
+pub fn assert_offsets_contiguous(records: &[Record], first_offset: i64) -> Result<()> {
+    for (partition, rs) in by_partition(records) {
+        for (i, r) in rs.iter().enumerate() {
+            let expected = first_offset + i as i64;
+            ensure!(
+                r.offset == expected,
+                "partition {partition}: record #{i} has offset {}, expected {expected}",
+                r.offset
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Test messages: the value carries a unique id (`id=00000042;` then
+/// padding), the key is one of `keys` keys chosen by the id.
+pub fn message_key(id: u64, keys: u64) -> String {
+    format!("key-{:05}", id % keys)
+}
+
+/// Value of message `id`: a parseable id and ~100 bytes of compressible,
+/// id-dependent padding so that every codec has something to do.
+pub fn message_value(id: u64) -> String {
+    format!(
+        "id={id:010};payload={}",
+        "fjord-integration-test-".repeat(3 + (id % 3) as usize)
+    )
+}
+
+/// The id in a value made by [`message_value`].
+pub fn parse_id(value: &[u8]) -> Result<u64> {
+    let text = std::str::from_utf8(value).context("value is not UTF-8")?;
+    let id = text
+        .strip_prefix("id=")
+        .and_then(|rest| rest.split(';').next())
+        .ok_or_else(|| anyhow!("value {text:?} has no id"))?;
+    Ok(id.parse()?)
+}
+
+/// What the broker acknowledged for one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub id: u64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Asserts that every acknowledged message is stored at exactly the partition
+/// and offset its delivery report named, with the key and value that were
+/// sent. Returns the number of acknowledged messages that are missing.
+pub fn check_acks_present(acks: &[Ack], records: &[Record], keys: u64) -> Result<usize> {
+    let mut at: HashMap<(i32, i64), &Record> = HashMap::with_capacity(records.len());
+    for r in records {
+        ensure!(
+            at.insert((r.partition, r.offset), r).is_none(),
+            "offset {}/{} received twice",
+            r.partition,
+            r.offset
+        );
+    }
+    let mut missing = 0;
+    for ack in acks {
+        let Some(r) = at.get(&(ack.partition, ack.offset)) else {
+            missing += 1;
+            continue;
+        };
+        let value = r.value.as_deref().unwrap_or_default();
+        ensure!(
+            value == message_value(ack.id).as_bytes(),
+            "{}/{} holds {:?}, but message {} was acknowledged there",
+            ack.partition,
+            ack.offset,
+            String::from_utf8_lossy(value),
+            ack.id
+        );
+        ensure!(
+            r.key.as_deref() == Some(message_key(ack.id, keys).as_bytes()),
+            "{}/{}: key {:?} does not match message {}",
+            ack.partition,
+            ack.offset,
+            r.key.as_deref().map(String::from_utf8_lossy),
+            ack.id
+        );
+    }
+    Ok(missing)
+}
+
+/// Asserts that, for every key, records appear in the order they were
+/// produced (ids increase), all records of a key are in one partition.
+pub fn assert_per_key_order(records: &[Record]) -> Result<()> {
+    let mut last: HashMap<Vec<u8>, (i32, u64)> = HashMap::new();
+    for (partition, rs) in by_partition(records) {
+        for r in rs {
+            let id = parse_id(r.value.as_deref().unwrap_or_default())?;
+            let key = r.key.clone().unwrap_or_default();
+            if let Some((p, prev)) = last.insert(key.clone(), (partition, id)) {
+                ensure!(
+                    p == partition,
+                    "key {:?} is in partitions {p} and {partition}",
+                    String::from_utf8_lossy(&key)
+                );
+                ensure!(
+                    prev < id,
+                    "key {:?} in partition {partition}: id {id} at offset {} after id {prev}",
+                    String::from_utf8_lossy(&key),
+                    r.offset
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Producer settings for sending a whole test's messages at once: the local
+/// queue holds them all (so `send_result` never reports a full queue), and a
+/// message that is not acknowledged within a minute is a failure.
+pub const BULK_PRODUCER_SETTINGS: &[(&str, &str)] = &[
+    ("linger.ms", "10"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("queue.buffering.max.kbytes", "1048576"),
+    ("message.timeout.ms", "60000"),
+];
+
+/// Sends messages `ids` (keys and values from [`message_key`] and
+/// [`message_value`]) and waits for every delivery report; fails on the first
+/// failed delivery. Acks come back in send order.
+pub async fn produce_ids(
+    producer: &FutureProducer,
+    topic: &str,
+    ids: std::ops::Range<u64>,
+    keys: u64,
+) -> Result<Vec<Ack>> {
+    let mut pending = Vec::with_capacity((ids.end - ids.start) as usize);
+    for id in ids {
+        let key = message_key(id, keys);
+        let value = message_value(id);
+        let record = rdkafka::producer::FutureRecord::to(topic)
+            .key(&key)
+            .payload(&value);
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(e, _)| anyhow!("enqueueing message {id}: {e}"))?;
+        pending.push((id, delivery));
+    }
+    let (ids, deliveries): (Vec<u64>, Vec<_>) = pending.into_iter().unzip();
+    let results = futures::future::join_all(deliveries).await;
+    ids.into_iter()
+        .zip(results)
+        .map(|(id, result)| {
+            let delivery = result
+                .map_err(|_| anyhow!("producer dropped message {id}"))?
+                .map_err(|(e, _)| anyhow!("message {id} not delivered: {e}"))?;
+            Ok(Ack {
+                id,
+                partition: delivery.partition,
+                offset: delivery.offset,
+            })
+        })
+        .collect()
+}
+
+/// Checks that `records` are exactly the acknowledged messages `acks` (every
+/// ack present at its partition and offset, nothing else), that offsets are
+/// contiguous from 0 and that each key's records are in produce order.
+pub fn assert_exactly_acked(acks: &[Ack], records: &[Record], keys: u64) -> Result<()> {
+    let missing = check_acks_present(acks, records, keys)?;
+    ensure!(
+        missing == 0,
+        "{missing} of {} acknowledged messages are missing",
+        acks.len()
+    );
+    ensure!(
+        records.len() == acks.len(),
+        "received {} records for {} acknowledged messages",
+        records.len(),
+        acks.len()
+    );
+    assert_offsets_contiguous(records, 0)?;
+    assert_per_key_order(records)
+}
