@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::api::KafkaApis;
 use crate::cluster::{ClusterMetadata, TopicConfigs, TopicMeta};
 use crate::config::{BrokerConfig, ConfigSources, FsyncPolicy};
+use crate::coordinator::group_coordinator::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::producer_id::ProducerIdManager;
 use crate::log::LogConfig;
 use crate::replica::{ReplicaManager, TopicPartition};
@@ -25,6 +26,7 @@ pub struct Broker {
     pub metadata: ClusterMetadata,
     pub replicas: ReplicaManager,
     pub producer_ids: ProducerIdManager,
+    pub groups: Arc<GroupCoordinator>,
 }
 
 /// A Kafka error with its message, as handlers pass them around.
@@ -38,12 +40,14 @@ impl Broker {
         let metadata = ClusterMetadata::open(&config.log_dirs, config.node_id)?;
         let replicas = ReplicaManager::new(&config);
         let producer_ids = ProducerIdManager::open(&config.log_dirs)?;
+        let groups = Arc::new(GroupCoordinator::new(&config));
         let broker = Broker {
             config,
             config_sources,
             metadata,
             replicas,
             producer_ids,
+            groups,
         };
         for topic in broker.metadata.topics() {
             let log_config = broker.log_config(&topic);
@@ -54,7 +58,26 @@ impl Broker {
                     .map_err(|e| anyhow::anyhow!("recovering {}-{partition}: {e}", topic.name))?;
             }
         }
+        broker.ensure_offsets_topic()?;
+        broker.groups.load(&broker)?;
         Ok(broker)
+    }
+
+    /// Creates `__consumer_offsets` (internal, compacted) on first start.
+    fn ensure_offsets_topic(&self) -> anyhow::Result<()> {
+        if self.metadata.topic(OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        let mut configs = BTreeMap::new();
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("segment.bytes".to_string(), self.config.offsets_topic_segment_bytes.to_string());
+        let topic = self
+            .metadata
+            .create_topic(OFFSETS_TOPIC, self.config.offsets_topic_num_partitions, configs, true)
+            .map_err(|(code, message)| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}"))?;
+        self.open_partitions(&topic, 0)
+            .map_err(|(code, message)| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}"))?;
+        Ok(())
     }
 
     /// A topic's effective log settings.
@@ -155,12 +178,14 @@ pub async fn run(config_sources: ConfigSources, mut shutdown: watch::Receiver<bo
     }
 
     let background = tokio::spawn(background_tasks(broker.clone(), shutdown.clone()));
+    let group_timers = tokio::spawn(broker.groups.clone().run_timers(broker.clone(), shutdown.clone()));
     let _ = shutdown.wait_for(|stop| *stop).await;
     tracing::info!("shutting down");
     for server in servers {
         let _ = server.await;
     }
     background.abort();
+    group_timers.abort();
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.replicas.shutdown()).await?;
     tracing::info!("shutdown complete");

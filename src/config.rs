@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::coordinator::group::GroupConfig;
+use crate::coordinator::group_coordinator::OffsetsConfig;
 use crate::log::{LogConfig, TimestampType};
 
 /// When an appended batch is made durable.
@@ -90,6 +92,9 @@ pub struct BrokerConfig {
     pub fetch_max_wait_ms_max: u64,
     pub produce_max_timeout_ms: u64,
     pub offsets_topic_num_partitions: i32,
+    pub offsets_topic_segment_bytes: u64,
+    pub group: GroupConfig,
+    pub offsets: OffsetsConfig,
     pub rack: Option<String>,
 }
 
@@ -129,6 +134,15 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("fetch.max.wait.ms.max", "60000"),
     ("produce.max.timeout.ms", "300000"),
     ("offsets.topic.num.partitions", "50"),
+    ("offsets.topic.segment.bytes", "104857600"),
+    ("offsets.retention.minutes", "10080"),
+    ("offsets.retention.check.interval.ms", "600000"),
+    ("offset.metadata.max.bytes", "4096"),
+    ("group.min.session.timeout.ms", "6000"),
+    ("group.max.session.timeout.ms", "1800000"),
+    ("group.initial.rebalance.delay.ms", "3000"),
+    // Kafka's default is unlimited; every limit here has a finite value.
+    ("group.max.size", "10000"),
     ("broker.rack", ""),
 ];
 
@@ -143,7 +157,6 @@ const ACCEPTED_IGNORED: &[&str] = &[
     "offsets.topic.replication.factor",
     "transaction.state.log.replication.factor",
     "transaction.state.log.min.isr",
-    "group.initial.rebalance.delay.ms",
     "num.network.threads",
     "num.io.threads",
     "socket.send.buffer.bytes",
@@ -302,8 +315,27 @@ impl ConfigSources {
             fetch_max_wait_ms_max: self.num("fetch.max.wait.ms.max")?,
             produce_max_timeout_ms: self.num("produce.max.timeout.ms")?,
             offsets_topic_num_partitions: self.num("offsets.topic.num.partitions")?,
+            offsets_topic_segment_bytes: self.num("offsets.topic.segment.bytes")?,
+            group: GroupConfig {
+                min_session_timeout_ms: self.num("group.min.session.timeout.ms")?,
+                max_session_timeout_ms: self.num("group.max.session.timeout.ms")?,
+                initial_rebalance_delay_ms: self.num("group.initial.rebalance.delay.ms")?,
+                max_size: self.num("group.max.size")?,
+            },
+            offsets: OffsetsConfig {
+                partitions: self.num("offsets.topic.num.partitions")?,
+                retention_ms: self.num::<i64>("offsets.retention.minutes")?.saturating_mul(60_000),
+                retention_check_interval_ms: self.num("offsets.retention.check.interval.ms")?,
+                metadata_max_bytes: self.num("offset.metadata.max.bytes")?,
+            },
             rack: Some(self.get("broker.rack").to_string()).filter(|r| !r.is_empty()),
         };
+        if !(1..=crate::cluster::TOPIC_PARTITIONS_MAX).contains(&config.offsets_topic_num_partitions) {
+            bail!("offsets.topic.num.partitions must be between 1 and {}", crate::cluster::TOPIC_PARTITIONS_MAX);
+        }
+        if config.group.min_session_timeout_ms > config.group.max_session_timeout_ms || config.group.max_size == 0 {
+            bail!("group.min.session.timeout.ms must not exceed group.max.session.timeout.ms, and group.max.size must be at least 1");
+        }
         if config.num_partitions < 1 {
             bail!("num.partitions must be at least 1");
         }

@@ -5,12 +5,20 @@ One subcommand per scenario step, so a failing run names the step that broke:
     kafka_python_compat.py create-topic --bootstrap B --topic T --partitions 3
     kafka_python_compat.py produce      --bootstrap B --topic T --input lines.txt [--acks all|1] [--no-idempotence]
     kafka_python_compat.py consume      --bootstrap B --topic T --out got.txt
+    kafka_python_compat.py group-consume --bootstrap B --topic T --group G --count K --out got.txt [--all]
 
-Lines are "key:value". consume uses manual assignment with no group_id
-(consumer groups are a later scenario): it seeks every partition to the
-beginning and reads up to the end offsets listed before it started, so
-duplicates stored in the log are read back too. Checking exactly-once is the
-caller's job (one checker for every client).
+Lines are "key:value". consume uses manual assignment with no group_id: it
+seeks every partition to the beginning and reads up to the end offsets listed
+before it started, so duplicates stored in the log are read back too.
+
+group-consume joins consumer group G (subscribe, default assignors, manual
+commit: enable_auto_commit=False), starts where the group's committed offsets
+point (earliest when there are none), writes exactly K records, commits the
+offsets of exactly those records (commit({tp: OffsetAndMetadata})), reads the
+commits back (OffsetFetch) and closes, which leaves the group. With --all it
+also checks that the committed offsets now equal the end offsets (the group has
+consumed everything). Checking exactly-once is the caller's job (one checker
+for every client).
 """
 
 import argparse
@@ -19,6 +27,7 @@ import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
 
 
 def create_topic(args):
@@ -104,19 +113,71 @@ def consume(args):
         consumer.close()
 
 
+def group_consume(args):
+    consumer = KafkaConsumer(
+        args.topic,
+        bootstrap_servers=args.bootstrap,
+        client_id="kafka-python-compat",
+        group_id=args.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=1000,
+        request_timeout_ms=30000,
+        fetch_max_wait_ms=500,
+    )
+    deadline = time.monotonic() + args.timeout
+    try:
+        nxt, count = {}, 0  # next offset to commit per partition (records written)
+        with open(args.out, "w") as out:
+            while count < args.count:
+                if time.monotonic() > deadline:
+                    sys.exit(f"timed out after {count} of {args.count} records, assignment "
+                             f"{sorted(tp.partition for tp in consumer.assignment())}, consumed up to {nxt}")
+                for tp, records in consumer.poll(timeout_ms=500).items():
+                    for r in records:
+                        if count == args.count:
+                            break  # polled past K: left uncommitted, the next member reads it
+                        out.write(f"{r.key.decode()}:{r.value.decode()}\n")
+                        count += 1
+                        nxt[tp] = r.offset + 1
+        print(f"consumed {count} records as a member of {args.group}, assignment "
+              f"{sorted(tp.partition for tp in consumer.assignment())}")
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in nxt.items()}
+        consumer.commit(offsets)
+        print(f"committed { {tp.partition: o for tp, o in sorted(nxt.items())} }")
+        tps = [TopicPartition(args.topic, p) for p in sorted(consumer.partitions_for_topic(args.topic))]
+        committed = {tp.partition: consumer.committed(tp) for tp in tps}
+        print(f"committed offsets read back (OffsetFetch): {committed}")
+        for tp, o in nxt.items():
+            if committed[tp.partition] != o:
+                sys.exit(f"partition {tp.partition}: committed {o}, read back {committed[tp.partition]}")
+        if args.all:
+            ends = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
+            print(f"end offsets {ends}")
+            if committed != ends:
+                sys.exit(f"committed offsets {committed} are not the end offsets {ends}")
+    finally:
+        consumer.close(autocommit=False)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["create-topic", "produce", "consume"])
+    p.add_argument("command", choices=["create-topic", "produce", "consume", "group-consume"])
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", required=True)
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--input")
     p.add_argument("--out")
+    p.add_argument("--group")
+    p.add_argument("--count", type=int, help="group-consume: records to consume and commit")
+    p.add_argument("--all", action="store_true", help="group-consume: committed must equal end offsets")
     p.add_argument("--acks", default="all", choices=["all", "1"])
     p.add_argument("--no-idempotence", action="store_true")
     p.add_argument("--timeout", type=int, default=60, help="seconds bounding the step")
     args = p.parse_args()
-    {"create-topic": create_topic, "produce": produce, "consume": consume}[args.command](args)
+    {"create-topic": create_topic, "produce": produce, "consume": consume,
+     "group-consume": group_consume}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ pub mod api_versions;
 pub mod configs;
 pub mod coordinator;
 pub mod fetch;
+pub mod group;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offsets;
 pub mod produce;
 pub mod producer_id;
 
@@ -51,10 +53,24 @@ impl KafkaApis {
     }
 
     /// Handles one request.
-    pub async fn handle(&self, request: Request) -> Outcome {
+    pub async fn handle(&self, request: Request, peer: std::net::SocketAddr) -> Outcome {
         let b = &self.broker;
         let v = request.version;
+        let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
         match request.body {
+            RequestKind::JoinGroup(r) => {
+                let host = format!("/{}", peer.ip());
+                ResponseKind::JoinGroup(group::join(b, v, (&client_id, &host), r).await).into()
+            }
+            RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(group::sync(b, v, r).await).into(),
+            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(group::heartbeat(b, v, r).await).into(),
+            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(group::leave(b, v, r).await).into(),
+            RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(group::describe(b, v, r)).into(),
+            RequestKind::ListGroups(r) => ResponseKind::ListGroups(group::list(b, v, r)).into(),
+            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(group::delete(b, v, r).await).into(),
+            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offsets::commit(b, v, r).await).into(),
+            RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offsets::fetch(b, v, r)).into(),
+            RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(offsets::delete(b, v, r).await).into(),
             RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(v, r)).into(),
             RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(b, v, r).await).into(),
             RequestKind::Produce(r) => produce::handle(b, v, r).await,

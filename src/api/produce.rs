@@ -43,16 +43,23 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
 
     for topic in request.topic_data {
         // Produce v13+ names topics by id.
-        let name = if version >= 13 {
-            broker.metadata.topic_by_id(topic.topic_id).map(|t| t.name)
+        let meta = if version >= 13 {
+            broker.metadata.topic_by_id(topic.topic_id)
         } else {
-            Some(topic.name.to_string())
+            broker.metadata.topic(&topic.name)
         };
+        // Clients may not write to internal topics (Kafka's rule).
+        let internal = meta.as_ref().is_some_and(|t| t.internal);
+        let name = if version >= 13 { meta.map(|t| t.name) } else { Some(topic.name.to_string()) };
         let topic_index = topics.len();
         topics.push((topic.name.clone(), topic.topic_id, name.clone()));
         for partition in topic.partition_data {
             let result = match (&request_error, &name) {
                 (Some(code), _) => Some(Err((*code, String::new()))),
+                (None, Some(_)) if internal => Some(Err((
+                    ResponseError::InvalidTopicException,
+                    "Cannot append to internal topic".to_string(),
+                ))),
                 (None, None) if version >= 13 => Some(Err((ResponseError::UnknownTopicId, String::new()))),
                 (None, None) => Some(Err((ResponseError::UnknownTopicOrPartition, String::new()))),
                 (None, Some(_)) => None,

@@ -89,7 +89,7 @@ pub async fn run(
                     let correlation_id = request.header.correlation_id;
                     let api_key = request.api_key;
                     let version = request.version;
-                    match apis.handle(*request).instrument(span).await {
+                    match apis.handle(*request, peer).instrument(span).await {
                         Outcome::Respond(body) => {
                             Some(protocol::encode_response(correlation_id, api_key, version, &body)?)
                         }

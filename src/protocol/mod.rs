@@ -38,6 +38,16 @@ pub fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         CreatePartitions,
         IncrementalAlterConfigs,
         DescribeCluster,
+        JoinGroup,
+        SyncGroup,
+        Heartbeat,
+        LeaveGroup,
+        DescribeGroups,
+        ListGroups,
+        DeleteGroups,
+        OffsetCommit,
+        OffsetFetch,
+        OffsetDelete,
     ];
     implemented
         .into_iter()

@@ -1,0 +1,794 @@
+//! The group coordinator: every consumer group's state machine, their
+//! committed offsets, the one timer scheduler that drives them all, and the
+//! durable record of both in `__consumer_offsets`.
+//!
+//! Design decisions:
+//! - Group metadata and offsets are records of the internal topic
+//!   `__consumer_offsets` (Kafka's layout, see `offsets_topic`), written
+//!   through the ordinary partition log, and replayed on startup. A group lives
+//!   on partition `hash(group) % offsets.topic.num.partitions`, so when
+//!   partitions become Raft groups the coordinator fails over with its
+//!   partition's leadership.
+//! - One lock over the group map, never held across an `.await` or a disk
+//!   write: a request mutates the group in memory, takes a snapshot of what
+//!   must be persisted, releases the lock, and only then writes and answers.
+//! - One scheduler task for every group's timers (session expiry, rebalance
+//!   and sync deadlines): a min-heap of `(deadline, group)` with at most one
+//!   live entry per group, woken early when a sooner deadline is scheduled.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch, Notify};
+
+use super::group::{CommittedOffset, Effects, Group, GroupConfig, GroupState, JoinRequest, JoinResult, SyncResult};
+use super::offsets_topic::{partition_for_group, GroupValue, OffsetValue, OffsetsRecord};
+use crate::broker::{now_ms as wall_now_ms, Broker};
+use crate::config::BrokerConfig;
+
+/// The internal topic's name.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Most groups the coordinator keeps (bounds memory; Kafka has no limit).
+pub const GROUPS_MAX: usize = 100_000;
+/// Slack added to a JoinGroup/SyncGroup wait beyond the group's own deadline.
+const WAIT_SLACK: Duration = Duration::from_secs(5);
+/// Bytes read per step when replaying `__consumer_offsets`.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// Offset-related settings (Kafka's names).
+#[derive(Clone, Debug)]
+pub struct OffsetsConfig {
+    /// `offsets.topic.num.partitions`
+    pub partitions: i32,
+    /// `offsets.retention.minutes`, in ms.
+    pub retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`
+    pub retention_check_interval_ms: u64,
+    /// `offset.metadata.max.bytes`
+    pub metadata_max_bytes: usize,
+}
+
+/// A topic's partitions with their committed offset, if any.
+pub type TopicOffsets = (String, Vec<(i32, Option<CommittedOffset>)>);
+
+/// What DescribeGroups reports about one group.
+pub struct GroupDescription {
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol_name: String,
+    /// (member id, instance id, client id, client host, metadata, assignment)
+    pub members: Vec<(String, Option<String>, String, String, bytes::Bytes, bytes::Bytes)>,
+}
+
+/// Work that must happen after the group lock is released.
+#[derive(Default)]
+struct Pending {
+    partition: i32,
+    records: Vec<OffsetsRecord>,
+    syncs: Vec<(oneshot::Sender<SyncResult>, SyncResult)>,
+}
+
+pub struct GroupCoordinator {
+    config: GroupConfig,
+    offsets: OffsetsConfig,
+    groups: Mutex<HashMap<String, Group>>,
+    timers: Mutex<Timers>,
+    wake: Notify,
+    start: Instant,
+}
+
+#[derive(Default)]
+struct Timers {
+    heap: BinaryHeap<Reverse<(i64, String)>>,
+    /// The deadline of each group's live heap entry.
+    scheduled: HashMap<String, i64>,
+}
+
+impl GroupCoordinator {
+    pub fn new(broker: &BrokerConfig) -> GroupCoordinator {
+        GroupCoordinator {
+            config: broker.group.clone(),
+            offsets: broker.offsets.clone(),
+            groups: Mutex::new(HashMap::new()),
+            timers: Mutex::new(Timers::default()),
+            wake: Notify::new(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Monotonic milliseconds: group timers must not jump with the wall clock.
+    pub fn now_ms(&self) -> i64 {
+        self.start.elapsed().as_millis() as i64
+    }
+
+    pub fn offsets_config(&self) -> &OffsetsConfig {
+        &self.offsets
+    }
+
+    fn partition_of(&self, group_id: &str) -> i32 {
+        partition_for_group(group_id, self.offsets.partitions)
+    }
+
+    fn schedule(&self, group: &Group) {
+        let Some(deadline) = group.next_deadline_ms() else {
+            return;
+        };
+        let mut timers = self.timers.lock();
+        let earlier = match timers.scheduled.get(&group.group_id) {
+            Some(current) => deadline < *current,
+            None => true,
+        };
+        if earlier {
+            timers.scheduled.insert(group.group_id.clone(), deadline);
+            let is_head = timers.heap.peek().is_none_or(|Reverse((d, _))| deadline < *d);
+            timers.heap.push(Reverse((deadline, group.group_id.clone())));
+            drop(timers);
+            if is_head {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Runs `f` on a group (created if `create`), then schedules its timers
+    /// and snapshots what must be persisted.
+    fn with_group<R>(
+        &self,
+        group_id: &str,
+        create: bool,
+        f: impl FnOnce(&mut Group, i64) -> (R, Effects),
+    ) -> Result<(R, Pending), ResponseError> {
+        let now = self.now_ms();
+        let mut groups = self.groups.lock();
+        if !groups.contains_key(group_id) {
+            if !create {
+                return Err(ResponseError::GroupIdNotFound);
+            }
+            if groups.len() >= GROUPS_MAX {
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
+            groups.insert(group_id.to_string(), Group::new(group_id, self.config.clone(), wall_now_ms()));
+        }
+        let group = groups.get_mut(group_id).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let state_before = group.state;
+        let (result, effects) = f(group, now);
+        if group.state != state_before {
+            group.state_timestamp_ms = wall_now_ms();
+        }
+        self.schedule(group);
+        let mut pending = Pending {
+            partition: self.partition_of(group_id),
+            ..Pending::default()
+        };
+        if effects.persist_group {
+            pending.records.push(group_record(group));
+        }
+        pending.syncs = effects.syncs_after_persist;
+        Ok((result, pending))
+    }
+
+    /// Persists, then releases the answers that waited for it.
+    async fn finish(&self, broker: &Arc<Broker>, pending: Pending) {
+        let Pending { partition, records, syncs } = pending;
+        let persisted = if records.is_empty() {
+            Ok(())
+        } else {
+            append(broker, partition, records).await
+        };
+        for (waiter, mut result) in syncs {
+            if let Err(e) = persisted {
+                result = SyncResult {
+                    error: Some(e),
+                    protocol_type: None,
+                    protocol_name: None,
+                    assignment: bytes::Bytes::new(),
+                };
+            }
+            let _ = waiter.send(result);
+        }
+    }
+
+    pub async fn join(&self, broker: &Arc<Broker>, group_id: &str, request: JoinRequest) -> JoinResult {
+        let member_id = request.member_id.clone();
+        let error = |e| JoinResult {
+            error: Some(e),
+            generation_id: -1,
+            protocol_type: None,
+            protocol_name: None,
+            leader: String::new(),
+            member_id: member_id.clone(),
+            members: Vec::new(),
+        };
+        if group_id.is_empty() {
+            return error(ResponseError::InvalidGroupId);
+        }
+        let wait = Duration::from_millis(request.rebalance_timeout_ms.max(request.session_timeout_ms).max(0) as u64)
+            + Duration::from_millis(self.config.initial_rebalance_delay_ms.max(0) as u64)
+            + WAIT_SLACK;
+        let create = request.member_id.is_empty();
+        let (tx, rx) = oneshot::channel();
+        match self.with_group(group_id, create, |g, now| ((), g.join(now, request, tx))) {
+            Ok(((), pending)) => self.finish(broker, pending).await,
+            Err(ResponseError::GroupIdNotFound) => return error(ResponseError::UnknownMemberId),
+            Err(e) => return error(e),
+        }
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => error(ResponseError::CoordinatorNotAvailable),
+            Err(_) => error(ResponseError::RebalanceInProgress),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+        protocol: (Option<&str>, Option<&str>),
+        assignments: Vec<(String, bytes::Bytes)>,
+    ) -> SyncResult {
+        let error = |e| SyncResult {
+            error: Some(e),
+            protocol_type: None,
+            protocol_name: None,
+            assignment: bytes::Bytes::new(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let outcome = self.with_group(group_id, false, |g, now| {
+            let wait = g
+                .members
+                .get(member_id)
+                .map(|m| i64::from(m.rebalance_timeout_ms))
+                .unwrap_or(0);
+            (wait, g.sync(now, member_id, instance, generation_id, protocol, assignments, tx))
+        });
+        let wait_ms = match outcome {
+            Ok((wait, pending)) => {
+                self.finish(broker, pending).await;
+                wait
+            }
+            Err(ResponseError::GroupIdNotFound) => return error(ResponseError::UnknownMemberId),
+            Err(e) => return error(e),
+        };
+        match tokio::time::timeout(Duration::from_millis(wait_ms.max(0) as u64) + WAIT_SLACK, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => error(ResponseError::CoordinatorNotAvailable),
+            Err(_) => error(ResponseError::RebalanceInProgress),
+        }
+    }
+
+    pub async fn heartbeat(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+    ) -> Option<ResponseError> {
+        match self.with_group(group_id, false, |g, now| {
+            (g.heartbeat(now, member_id, instance, generation_id), Effects::default())
+        }) {
+            Ok((error, pending)) => {
+                self.finish(broker, pending).await;
+                error
+            }
+            Err(ResponseError::GroupIdNotFound) => Some(ResponseError::UnknownMemberId),
+            Err(e) => Some(e),
+        }
+    }
+
+    pub async fn leave(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+    ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        match self.with_group(group_id, false, |g, now| g.leave(now, members)) {
+            Ok((errors, pending)) => {
+                self.finish(broker, pending).await;
+                Ok(errors)
+            }
+            Err(ResponseError::GroupIdNotFound) => Err(ResponseError::UnknownMemberId),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn describe(&self, group_id: &str) -> GroupDescription {
+        let groups = self.groups.lock();
+        let Some(g) = groups.get(group_id) else {
+            return GroupDescription {
+                state: GroupState::Dead.name(),
+                protocol_type: String::new(),
+                protocol_name: String::new(),
+                members: Vec::new(),
+            };
+        };
+        let protocol = g.protocol_name.clone().unwrap_or_default();
+        let stable = g.state == GroupState::Stable;
+        GroupDescription {
+            state: g.state.name(),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            // Kafka reports the protocol only once the group is Stable.
+            protocol_name: if stable { protocol.clone() } else { String::new() },
+            members: g
+                .members
+                .values()
+                .map(|m| {
+                    (
+                        m.member_id.clone(),
+                        m.group_instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        if stable { m.metadata(&protocol) } else { bytes::Bytes::new() },
+                        if stable { m.assignment.clone() } else { bytes::Bytes::new() },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// `(group id, protocol type, state)` of every group.
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        let groups = self.groups.lock();
+        let mut out: Vec<_> = groups
+            .values()
+            .map(|g| (g.group_id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state.name()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// DeleteGroups: only empty groups may be deleted; their offsets go too.
+    pub async fn delete_group(&self, broker: &Arc<Broker>, group_id: &str) -> Option<ResponseError> {
+        let pending = {
+            let mut groups = self.groups.lock();
+            let Some(g) = groups.get_mut(group_id) else {
+                return Some(ResponseError::GroupIdNotFound);
+            };
+            if !matches!(g.state, GroupState::Empty | GroupState::Dead) || !g.is_empty() {
+                return Some(ResponseError::NonEmptyGroup);
+            }
+            let mut records: Vec<OffsetsRecord> = g
+                .offsets
+                .keys()
+                .map(|(topic, partition)| OffsetsRecord::Offset {
+                    group: group_id.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    value: None,
+                })
+                .collect();
+            records.push(OffsetsRecord::Group {
+                group: group_id.to_string(),
+                value: None,
+            });
+            g.mark_dead();
+            groups.remove(group_id);
+            Pending {
+                partition: self.partition_of(group_id),
+                records,
+                syncs: Vec::new(),
+            }
+        };
+        self.timers.lock().scheduled.remove(group_id);
+        let partition = pending.partition;
+        append(broker, partition, pending.records).await.err()
+    }
+
+    /// OffsetCommit: checks the member and generation, persists, then records.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit_offsets(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+    ) -> Result<(), ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        // Commits without a generation (admin tools, assign()-only consumers)
+        // may create the group; member commits need an existing group.
+        let create = generation_id < 0;
+        let ((), pending) = match self.with_group(group_id, create, |g, _| {
+            (g.check_commit(member_id, instance, generation_id), Effects::default())
+        }) {
+            Ok((Ok(()), pending)) => ((), pending),
+            Ok((Err(e), _)) => return Err(e),
+            Err(ResponseError::GroupIdNotFound) => {
+                return Err(if generation_id < 0 {
+                    ResponseError::GroupIdNotFound
+                } else {
+                    ResponseError::IllegalGeneration
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let records: Vec<OffsetsRecord> = offsets
+            .iter()
+            .map(|(topic, partition, o)| OffsetsRecord::Offset {
+                group: group_id.to_string(),
+                topic: topic.clone(),
+                partition: *partition,
+                value: Some(OffsetValue {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata: o.metadata.clone(),
+                    commit_timestamp_ms: o.commit_timestamp_ms,
+                }),
+            })
+            .collect();
+        append(broker, pending.partition, records).await?;
+        let mut groups = self.groups.lock();
+        if let Some(g) = groups.get_mut(group_id) {
+            for (topic, partition, o) in offsets {
+                g.offsets.insert((topic, partition), o);
+            }
+        }
+        Ok(())
+    }
+
+    /// OffsetFetch: the committed offsets of `topics` (all if `None`).
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<TopicOffsets> {
+        let groups = self.groups.lock();
+        let offsets = groups.get(group_id).map(|g| &g.offsets);
+        match topics {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    let found = partitions
+                        .into_iter()
+                        .map(|p| (p, offsets.and_then(|o| o.get(&(topic.clone(), p)).cloned())))
+                        .collect();
+                    (topic, found)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> = BTreeMap::new();
+                if let Some(offsets) = offsets {
+                    for ((topic, p), o) in offsets {
+                        by_topic.entry(topic.clone()).or_default().push((*p, Some(o.clone())));
+                    }
+                }
+                by_topic.into_iter().collect()
+            }
+        }
+    }
+
+    /// OffsetDelete: per partition error (a topic the group still consumes
+    /// keeps its offsets: GROUP_SUBSCRIBED_TO_TOPIC).
+    pub async fn delete_offsets(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        topics: Vec<(String, Vec<i32>)>,
+    ) -> Result<Vec<(String, Vec<(i32, Option<ResponseError>)>)>, ResponseError> {
+        let (results, records) = {
+            let mut groups = self.groups.lock();
+            let g = groups.get_mut(group_id).ok_or(ResponseError::GroupIdNotFound)?;
+            let subscribed = if g.state == GroupState::Empty { None } else { g.subscribed_topics() };
+            if g.state != GroupState::Empty && subscribed.is_none() {
+                return Err(ResponseError::NonEmptyGroup);
+            }
+            let mut records = Vec::new();
+            let results = topics
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    let busy = subscribed.as_ref().is_some_and(|s| s.contains(&topic));
+                    let per = partitions
+                        .into_iter()
+                        .map(|p| {
+                            if busy {
+                                return (p, Some(ResponseError::GroupSubscribedToTopic));
+                            }
+                            if g.offsets.remove(&(topic.clone(), p)).is_some() {
+                                records.push(OffsetsRecord::Offset {
+                                    group: group_id.to_string(),
+                                    topic: topic.clone(),
+                                    partition: p,
+                                    value: None,
+                                });
+                            }
+                            (p, None)
+                        })
+                        .collect();
+                    (topic, per)
+                })
+                .collect();
+            (results, records)
+        };
+        if !records.is_empty() {
+            append(broker, self.partition_of(group_id), records).await?;
+        }
+        Ok(results)
+    }
+
+    /// Expires offsets of empty groups after `offsets.retention.minutes`
+    /// (counted from the later of the commit and the group becoming empty),
+    /// and forgets empty groups with no offsets left.
+    pub async fn expire_offsets(&self, broker: &Arc<Broker>) {
+        let now = wall_now_ms();
+        let retention = self.offsets.retention_ms;
+        let mut by_partition: HashMap<i32, Vec<OffsetsRecord>> = HashMap::new();
+        {
+            let mut groups = self.groups.lock();
+            let mut dead = Vec::new();
+            for g in groups.values_mut() {
+                if g.state != GroupState::Empty || !g.is_empty() {
+                    continue;
+                }
+                let since = g.state_timestamp_ms;
+                let expired: Vec<(String, i32)> = g
+                    .offsets
+                    .iter()
+                    .filter(|(_, o)| now - o.commit_timestamp_ms.max(since) >= retention)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let records = by_partition.entry(partition_for_group(&g.group_id, self.offsets.partitions)).or_default();
+                for key in expired {
+                    g.offsets.remove(&key);
+                    records.push(OffsetsRecord::Offset {
+                        group: g.group_id.clone(),
+                        topic: key.0,
+                        partition: key.1,
+                        value: None,
+                    });
+                }
+                if g.offsets.is_empty() && now - since >= retention {
+                    records.push(OffsetsRecord::Group {
+                        group: g.group_id.clone(),
+                        value: None,
+                    });
+                    dead.push(g.group_id.clone());
+                }
+            }
+            for id in dead {
+                if let Some(mut g) = groups.remove(&id) {
+                    g.mark_dead();
+                }
+            }
+        }
+        for (partition, records) in by_partition {
+            if !records.is_empty() {
+                tracing::info!(partition, records = records.len(), "expiring offsets");
+                if let Err(e) = append(broker, partition, records).await {
+                    tracing::warn!(?e, "offset expiry could not be persisted");
+                }
+            }
+        }
+    }
+
+    /// The scheduler: runs due group timers and the offset expiry, until shutdown.
+    pub async fn run_timers(self: Arc<Self>, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+        let mut expiry = tokio::time::interval(Duration::from_millis(self.offsets.retention_check_interval_ms.max(1)));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let head = self.timers.lock().heap.peek().map(|Reverse((d, _))| *d);
+            let sleep_ms = head.map(|d| (d - self.now_ms()).max(0) as u64).unwrap_or(3_600_000);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+                _ = self.wake.notified() => continue,
+                _ = expiry.tick() => { self.expire_offsets(&broker).await; continue; }
+                _ = shutdown.changed() => return,
+            }
+            let now = self.now_ms();
+            let mut due = Vec::new();
+            {
+                let mut timers = self.timers.lock();
+                while let Some(Reverse((d, _))) = timers.heap.peek() {
+                    if *d > now {
+                        break;
+                    }
+                    let Some(Reverse((d, id))) = timers.heap.pop() else { break };
+                    if timers.scheduled.get(&id) == Some(&d) {
+                        timers.scheduled.remove(&id);
+                        due.push(id);
+                    }
+                }
+            }
+            for id in due {
+                if let Ok(((), pending)) = self.with_group(&id, false, |g, now| ((), g.on_timer(now))) {
+                    self.finish(&broker, pending).await;
+                }
+            }
+        }
+    }
+
+    /// Rebuilds groups and offsets from `__consumer_offsets`. Blocking; runs
+    /// before the broker accepts clients.
+    pub fn load(&self, broker: &Broker) -> anyhow::Result<()> {
+        let mut loaded: Loaded = HashMap::new();
+        let mut count = 0usize;
+        for partition in 0..self.offsets.partitions {
+            let Some(p) = broker.replicas.get(OFFSETS_TOPIC, partition) else {
+                continue;
+            };
+            let end = p.high_watermark();
+            let mut offset = p.log_start_offset();
+            while offset < end {
+                let read = p
+                    .read_blocking(offset, REPLAY_READ_BYTES, true)
+                    .map_err(|e| anyhow::anyhow!("replaying {OFFSETS_TOPIC}-{partition}: {e}"))?;
+                if read.records.is_empty() || read.next_offset <= offset {
+                    break;
+                }
+                let mut buf = read.records.clone();
+                let sets = RecordBatchDecoder::decode_all(&mut buf)
+                    .map_err(|e| anyhow::anyhow!("decoding {OFFSETS_TOPIC}-{partition}: {e}"))?;
+                for set in sets {
+                    for record in set.records {
+                        if record.control || record.offset < offset {
+                            continue;
+                        }
+                        let Some(key) = record.key.as_deref() else { continue };
+                        match OffsetsRecord::decode(key, record.value.as_deref()) {
+                            Ok(r) => {
+                                count += 1;
+                                apply_loaded(&mut loaded, r);
+                            }
+                            Err(e) => tracing::warn!(partition, offset = record.offset, error = %e, "skipping bad record"),
+                        }
+                    }
+                }
+                offset = read.next_offset;
+            }
+        }
+        let now = self.now_ms();
+        let mut groups = self.groups.lock();
+        for (id, (meta, offsets)) in loaded {
+            let mut group = match meta {
+                Some(v) => Group::restore(
+                    &id,
+                    self.config.clone(),
+                    v.generation_id,
+                    Some(v.protocol_type).filter(|t| !t.is_empty()),
+                    v.protocol_name,
+                    v.leader_id,
+                    v.state_timestamp_ms,
+                    v.members,
+                    now,
+                ),
+                None => Group::new(&id, self.config.clone(), wall_now_ms()),
+            };
+            group.offsets = offsets;
+            self.schedule(&group);
+            groups.insert(id, group);
+        }
+        tracing::info!(groups = groups.len(), records = count, "group coordinator loaded");
+        Ok(())
+    }
+}
+
+type Loaded = HashMap<String, (Option<GroupValue>, BTreeMap<(String, i32), CommittedOffset>)>;
+
+fn apply_loaded(loaded: &mut Loaded, record: OffsetsRecord) {
+    match record {
+        OffsetsRecord::Offset { group, topic, partition, value } => {
+            let entry = loaded.entry(group).or_default();
+            match value {
+                Some(v) => {
+                    entry.1.insert(
+                        (topic, partition),
+                        CommittedOffset {
+                            offset: v.offset,
+                            leader_epoch: v.leader_epoch,
+                            metadata: v.metadata,
+                            commit_timestamp_ms: v.commit_timestamp_ms,
+                        },
+                    );
+                }
+                None => {
+                    entry.1.remove(&(topic, partition));
+                }
+            }
+        }
+        OffsetsRecord::Group { group, value: Some(v) } => {
+            loaded.entry(group).or_default().0 = Some(v);
+        }
+        OffsetsRecord::Group { group, value: None } => {
+            loaded.remove(&group);
+        }
+    }
+}
+
+/// The group's metadata as a `__consumer_offsets` record.
+fn group_record(g: &Group) -> OffsetsRecord {
+    let protocol = g.protocol_name.clone().unwrap_or_default();
+    OffsetsRecord::Group {
+        group: g.group_id.clone(),
+        value: Some(GroupValue {
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            generation_id: g.generation_id,
+            protocol_name: g.protocol_name.clone(),
+            leader_id: g.leader_id.clone(),
+            state_timestamp_ms: g.state_timestamp_ms,
+            members: g
+                .members
+                .values()
+                .map(|m| super::group::RestoredMember {
+                    member_id: m.member_id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    session_timeout_ms: m.session_timeout_ms,
+                    subscription: m.metadata(&protocol),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// Appends records to a `__consumer_offsets` partition (one batch) and
+/// returns once they are as durable as any acknowledged produce.
+async fn append(broker: &Arc<Broker>, partition: i32, records: Vec<OffsetsRecord>) -> Result<(), ResponseError> {
+    let b = broker.clone();
+    let result = crate::api::blocking(move || {
+        let target = b
+            .replicas
+            .get(OFFSETS_TOPIC, partition)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let now = wall_now_ms();
+        let encoded: Vec<Record> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (key, value) = r.encode();
+                Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: -1,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i as i64,
+                    // The encoder starts a new batch when offset - sequence
+                    // changes; keep it constant so all records share one batch.
+                    sequence: i as i32,
+                    timestamp: now,
+                    key: Some(key),
+                    value,
+                    headers: Default::default(),
+                }
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &encoded,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot encode group records");
+            ResponseError::UnknownServerError
+        })?;
+        target.append_blocking(&buf, now).map(|_| ()).map_err(|e| {
+            tracing::error!(partition, error = %e, "cannot persist group records");
+            ResponseError::CoordinatorNotAvailable
+        })
+    })
+    .await;
+    match result {
+        Ok(inner) => inner,
+        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+    }
+}
