@@ -54,7 +54,11 @@ impl Broker {
             for partition in 0..topic.partitions {
                 broker
                     .replicas
-                    .open_partition(TopicPartition::new(&topic.name, partition), topic.id, log_config.clone())
+                    .open_partition(
+                        TopicPartition::new(&topic.name, partition),
+                        topic.id,
+                        log_config.clone(),
+                    )
                     .map_err(|e| anyhow::anyhow!("recovering {}-{partition}: {e}", topic.name))?;
             }
         }
@@ -70,13 +74,24 @@ impl Broker {
         }
         let mut configs = BTreeMap::new();
         configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), self.config.offsets_topic_segment_bytes.to_string());
+        configs.insert(
+            "segment.bytes".to_string(),
+            self.config.offsets_topic_segment_bytes.to_string(),
+        );
         let topic = self
             .metadata
-            .create_topic(OFFSETS_TOPIC, self.config.offsets_topic_num_partitions, configs, true)
-            .map_err(|(code, message)| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}"))?;
-        self.open_partitions(&topic, 0)
-            .map_err(|(code, message)| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}"))?;
+            .create_topic(
+                OFFSETS_TOPIC,
+                self.config.offsets_topic_num_partitions,
+                configs,
+                true,
+            )
+            .map_err(|(code, message)| {
+                anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}")
+            })?;
+        self.open_partitions(&topic, 0).map_err(|(code, message)| {
+            anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}")
+        })?;
         Ok(())
     }
 
@@ -94,7 +109,9 @@ impl Broker {
     ) -> Result<TopicMeta, KafkaError> {
         self.metadata.validate_new_topic(name, partitions)?;
         TopicConfigs::validate_all(&configs)?;
-        let topic = self.metadata.create_topic(name, partitions, configs, false)?;
+        let topic = self
+            .metadata
+            .create_topic(name, partitions, configs, false)?;
         self.open_partitions(&topic, 0)?;
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
@@ -104,7 +121,10 @@ impl Broker {
     pub fn delete_topic(&self, name: &str) -> Result<TopicMeta, KafkaError> {
         let topic = self.metadata.delete_topic(name)?;
         for partition in 0..topic.partitions {
-            if let Err(e) = self.replicas.delete_partition(&TopicPartition::new(name, partition)) {
+            if let Err(e) = self
+                .replicas
+                .delete_partition(&TopicPartition::new(name, partition))
+            {
                 tracing::error!(topic = name, partition, error = %e, "deleting partition data failed");
             }
         }
@@ -114,17 +134,21 @@ impl Broker {
 
     /// Grows a topic to `count` partitions. Blocking.
     pub fn add_partitions(&self, name: &str, count: i32) -> Result<TopicMeta, KafkaError> {
-        let before = self
-            .metadata
-            .topic(name)
-            .ok_or((ResponseError::UnknownTopicOrPartition, format!("Topic '{name}' does not exist.")))?;
+        let before = self.metadata.topic(name).ok_or((
+            ResponseError::UnknownTopicOrPartition,
+            format!("Topic '{name}' does not exist."),
+        ))?;
         let topic = self.metadata.set_partition_count(name, count)?;
         self.open_partitions(&topic, before.partitions)?;
         Ok(topic)
     }
 
     /// Replaces a topic's configs and applies them to its open logs. Blocking.
-    pub fn set_topic_configs(&self, name: &str, configs: BTreeMap<String, String>) -> Result<TopicMeta, KafkaError> {
+    pub fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta, KafkaError> {
         TopicConfigs::validate_all(&configs)?;
         let topic = self.metadata.set_topic_configs(name, configs)?;
         let log_config = self.log_config(&topic);
@@ -140,7 +164,11 @@ impl Broker {
         let log_config = self.log_config(topic);
         for partition in from..topic.partitions {
             self.replicas
-                .open_partition(TopicPartition::new(&topic.name, partition), topic.id, log_config.clone())
+                .open_partition(
+                    TopicPartition::new(&topic.name, partition),
+                    topic.id,
+                    log_config.clone(),
+                )
                 .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
         }
         Ok(())
@@ -154,7 +182,10 @@ impl Broker {
 }
 
 /// Runs a broker until `shutdown` fires, then closes every log cleanly.
-pub async fn run(config_sources: ConfigSources, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    config_sources: ConfigSources,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let broker = tokio::task::spawn_blocking(move || Broker::open(config_sources)).await??;
     let broker = Arc::new(broker);
     let config = broker.config.clone();
@@ -174,11 +205,20 @@ pub async fn run(config_sources: ConfigSources, mut shutdown: watch::Receiver<bo
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "listening for Kafka clients");
-        servers.push(tokio::spawn(crate::network::serve(socket, apis.clone(), shutdown.clone())));
+        servers.push(tokio::spawn(crate::network::serve(
+            socket,
+            apis.clone(),
+            shutdown.clone(),
+        )));
     }
 
     let background = tokio::spawn(background_tasks(broker.clone(), shutdown.clone()));
-    let group_timers = tokio::spawn(broker.groups.clone().run_timers(broker.clone(), shutdown.clone()));
+    let group_timers = tokio::spawn(
+        broker
+            .groups
+            .clone()
+            .run_timers(broker.clone(), shutdown.clone()),
+    );
     let _ = shutdown.wait_for(|stop| *stop).await;
     tracing::info!("shutting down");
     for server in servers {
@@ -196,8 +236,11 @@ pub async fn run(config_sources: ConfigSources, mut shutdown: watch::Receiver<bo
 /// (`log.retention.check.interval.ms`), each on a blocking thread.
 async fn background_tasks(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let config = broker.config.clone();
-    let mut flush = tokio::time::interval(Duration::from_millis(config.log_flush_interval_ms.max(1)));
-    let mut retention = tokio::time::interval(Duration::from_millis(config.log_retention_check_interval_ms.max(1)));
+    let mut flush =
+        tokio::time::interval(Duration::from_millis(config.log_flush_interval_ms.max(1)));
+    let mut retention = tokio::time::interval(Duration::from_millis(
+        config.log_retention_check_interval_ms.max(1),
+    ));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

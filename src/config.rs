@@ -48,8 +48,14 @@ impl Listener {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         Ok(Listener {
             name: name.to_string(),
-            host: if host.is_empty() { "0.0.0.0".into() } else { host.to_string() },
-            port: port.parse().with_context(|| format!("listener `{value}`: bad port"))?,
+            host: if host.is_empty() {
+                "0.0.0.0".into()
+            } else {
+                host.to_string()
+            },
+            port: port
+                .parse()
+                .with_context(|| format!("listener `{value}`: bad port"))?,
         })
     }
 
@@ -260,9 +266,11 @@ impl ConfigSources {
         let retention_ms: i64 = if !self.get("log.retention.ms").is_empty() {
             self.num("log.retention.ms")?
         } else if !self.get("log.retention.minutes").is_empty() {
-            self.num::<i64>("log.retention.minutes")?.saturating_mul(60_000)
+            self.num::<i64>("log.retention.minutes")?
+                .saturating_mul(60_000)
         } else {
-            self.num::<i64>("log.retention.hours")?.saturating_mul(3_600_000)
+            self.num::<i64>("log.retention.hours")?
+                .saturating_mul(3_600_000)
         };
         let segment_ms: i64 = if !self.get("log.roll.ms").is_empty() {
             self.num("log.roll.ms")?
@@ -270,7 +278,9 @@ impl ConfigSources {
             self.num::<i64>("log.roll.hours")?.saturating_mul(3_600_000)
         };
         let timestamp_type = TimestampType::parse(self.get("log.message.timestamp.type"))
-            .ok_or_else(|| anyhow!("log.message.timestamp.type must be CreateTime or LogAppendTime"))?;
+            .ok_or_else(|| {
+                anyhow!("log.message.timestamp.type must be CreateTime or LogAppendTime")
+            })?;
         let log = LogConfig {
             segment_bytes: self.num("log.segment.bytes")?,
             segment_ms,
@@ -290,14 +300,23 @@ impl ConfigSources {
             other => bail!("log.fsync={other:?}: expected interval or always"),
         };
         let cleanup_policy = self.get("log.cleanup.policy").to_string();
-        if !matches!(cleanup_policy.as_str(), "delete" | "compact" | "compact,delete" | "delete,compact") {
+        if !matches!(
+            cleanup_policy.as_str(),
+            "delete" | "compact" | "compact,delete" | "delete,compact"
+        ) {
             bail!("log.cleanup.policy={cleanup_policy:?}: expected delete, compact or both");
         }
         let config = BrokerConfig {
             node_id: self.num("node.id")?,
             listeners,
             advertised_listeners: advertised,
-            log_dirs: PathBuf::from(self.get("log.dirs").split(',').next().unwrap_or("./fjord-data").trim()),
+            log_dirs: PathBuf::from(
+                self.get("log.dirs")
+                    .split(',')
+                    .next()
+                    .unwrap_or("./fjord-data")
+                    .trim(),
+            ),
             num_partitions: self.num("num.partitions")?,
             default_replication_factor: self.num("default.replication.factor")?,
             auto_create_topics_enable: self.boolean("auto.create.topics.enable")?,
@@ -324,16 +343,25 @@ impl ConfigSources {
             },
             offsets: OffsetsConfig {
                 partitions: self.num("offsets.topic.num.partitions")?,
-                retention_ms: self.num::<i64>("offsets.retention.minutes")?.saturating_mul(60_000),
+                retention_ms: self
+                    .num::<i64>("offsets.retention.minutes")?
+                    .saturating_mul(60_000),
                 retention_check_interval_ms: self.num("offsets.retention.check.interval.ms")?,
                 metadata_max_bytes: self.num("offset.metadata.max.bytes")?,
             },
             rack: Some(self.get("broker.rack").to_string()).filter(|r| !r.is_empty()),
         };
-        if !(1..=crate::cluster::TOPIC_PARTITIONS_MAX).contains(&config.offsets_topic_num_partitions) {
-            bail!("offsets.topic.num.partitions must be between 1 and {}", crate::cluster::TOPIC_PARTITIONS_MAX);
+        if !(1..=crate::cluster::TOPIC_PARTITIONS_MAX)
+            .contains(&config.offsets_topic_num_partitions)
+        {
+            bail!(
+                "offsets.topic.num.partitions must be between 1 and {}",
+                crate::cluster::TOPIC_PARTITIONS_MAX
+            );
         }
-        if config.group.min_session_timeout_ms > config.group.max_session_timeout_ms || config.group.max_size == 0 {
+        if config.group.min_session_timeout_ms > config.group.max_session_timeout_ms
+            || config.group.max_size == 0
+        {
             bail!("group.min.session.timeout.ms must not exceed group.max.session.timeout.ms, and group.max.size must be at least 1");
         }
         if config.num_partitions < 1 {
@@ -366,7 +394,11 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }

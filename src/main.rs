@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use fjord::config::ConfigSources;
 
 #[derive(Parser)]
-#[command(name = "fjord", version, about = "A replicated log broker that speaks the Kafka protocol")]
+#[command(
+    name = "fjord",
+    version,
+    about = "A replicated log broker that speaks the Kafka protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

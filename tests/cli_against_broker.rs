@@ -5,7 +5,6 @@
 //! Topics get unique names, so the broker may be shared with other work.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -198,7 +197,8 @@ async fn topic_create_list_describe_delete() {
 
 #[tokio::test]
 async fn keyed_records_round_trip_exactly_once_with_every_codec() {
-    let Some((_broker, bootstrap)) = bootstrap("keyed_records_round_trip_exactly_once_with_every_codec")
+    let Some((_broker, bootstrap)) =
+        bootstrap("keyed_records_round_trip_exactly_once_with_every_codec")
     else {
         return;
     };
@@ -278,7 +278,8 @@ async fn keyed_records_round_trip_exactly_once_with_every_codec() {
 
 #[tokio::test]
 async fn unkeyed_records_spread_and_partition_offset_reads() {
-    let Some((_broker, bootstrap)) = bootstrap("unkeyed_records_spread_and_partition_offset_reads") else {
+    let Some((_broker, bootstrap)) = bootstrap("unkeyed_records_spread_and_partition_offset_reads")
+    else {
         return;
     };
     let mut client = client(&bootstrap).await;
@@ -360,7 +361,9 @@ async fn unkeyed_records_spread_and_partition_offset_reads() {
 /// The built binary: stdin/stdout plumbing, exit codes, error names.
 #[tokio::test]
 async fn binary_pipes_records_and_fails_with_kafka_error_names() {
-    let Some((_broker, bootstrap)) = bootstrap("binary_pipes_records_and_fails_with_kafka_error_names") else {
+    let Some((_broker, bootstrap)) =
+        bootstrap("binary_pipes_records_and_fails_with_kafka_error_names")
+    else {
         return;
     };
     let bin = env!("CARGO_BIN_EXE_fjord");

@@ -33,6 +33,7 @@ short session timeout and heartbeat interval, and default settings otherwise:
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -135,6 +136,7 @@ def group_conf(args, name):
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 1000,
         "fetch.wait.max.ms": 500,
+        **({"debug": os.environ["COMPAT_RDKAFKA_DEBUG"]} if os.environ.get("COMPAT_RDKAFKA_DEBUG") else {}),
     }
 
 

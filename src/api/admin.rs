@@ -10,14 +10,18 @@ use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{
-    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, TopicName,
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -42,7 +46,10 @@ struct NewTopic {
     configs: BTreeMap<String, String>,
 }
 
-fn check_new_topic(broker: &Broker, topic: &kafka_protocol::messages::create_topics_request::CreatableTopic) -> Result<NewTopic, KafkaError> {
+fn check_new_topic(
+    broker: &Broker,
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<NewTopic, KafkaError> {
     let name = topic.name.to_string();
     let replication_factor = match topic.replication_factor {
         -1 => broker.config.default_replication_factor,
@@ -68,7 +75,11 @@ fn check_new_topic(broker: &Broker, topic: &kafka_protocol::messages::create_top
                 ));
             }
         }
-        let mut indexes: Vec<i32> = topic.assignments.iter().map(|a| a.partition_index).collect();
+        let mut indexes: Vec<i32> = topic
+            .assignments
+            .iter()
+            .map(|a| a.partition_index)
+            .collect();
         indexes.sort_unstable();
         if indexes.iter().enumerate().any(|(i, p)| *p != i as i32) {
             return Err((
@@ -86,7 +97,13 @@ fn check_new_topic(broker: &Broker, topic: &kafka_protocol::messages::create_top
     let mut configs = BTreeMap::new();
     for c in &topic.configs {
         let Some(value) = &c.value else {
-            return Err((ResponseError::InvalidConfig, format!("Null value not supported for topic config {}", c.name.as_str())));
+            return Err((
+                ResponseError::InvalidConfig,
+                format!(
+                    "Null value not supported for topic config {}",
+                    c.name.as_str()
+                ),
+            ));
         };
         configs.insert(c.name.to_string(), value.to_string());
     }
@@ -95,12 +112,20 @@ fn check_new_topic(broker: &Broker, topic: &kafka_protocol::messages::create_top
     Ok(NewTopic {
         name,
         partitions,
-        replication_factor: if replication_factor == -1 { 1 } else { replication_factor },
+        replication_factor: if replication_factor == -1 {
+            1
+        } else {
+            replication_factor
+        },
         configs,
     })
 }
 
-pub async fn create_topics(broker: &Arc<Broker>, version: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
+pub async fn create_topics(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let b = broker.clone();
     let results = super::blocking(move || {
         let mut seen = HashSet::new();
@@ -117,13 +142,17 @@ pub async fn create_topics(broker: &Arc<Broker>, version: i16, request: CreateTo
                 let mut r = CreatableTopicResult::default();
                 r.name = topic.name.clone();
                 let outcome = if duplicates.contains(topic.name.as_str()) {
-                    Err((ResponseError::InvalidRequest, "Duplicate topic name in request.".to_string()))
+                    Err((
+                        ResponseError::InvalidRequest,
+                        "Duplicate topic name in request.".to_string(),
+                    ))
                 } else {
                     check_new_topic(&b, topic).and_then(|new| {
                         if request.validate_only {
                             Ok((new, Uuid::nil()))
                         } else {
-                            b.create_topic(&new.name, new.partitions, new.configs.clone()).map(|meta| (new, meta.id))
+                            b.create_topic(&new.name, new.partitions, new.configs.clone())
+                                .map(|meta| (new, meta.id))
                         }
                     })
                 };
@@ -139,7 +168,11 @@ pub async fn create_topics(broker: &Arc<Broker>, version: i16, request: CreateTo
                                         let mut c = CreatableTopicConfigs::default();
                                         c.name = StrBytes::from_static_str(name);
                                         c.value = Some(StrBytes::from_string(value));
-                                        c.config_source = if own { SOURCE_TOPIC } else { SOURCE_BROKER_DEFAULT };
+                                        c.config_source = if own {
+                                            SOURCE_TOPIC
+                                        } else {
+                                            SOURCE_BROKER_DEFAULT
+                                        };
                                         c
                                     })
                                     .collect(),
@@ -169,7 +202,11 @@ pub async fn create_topics(broker: &Arc<Broker>, version: i16, request: CreateTo
     response
 }
 
-pub async fn delete_topics(broker: &Arc<Broker>, version: i16, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn delete_topics(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     // v6+ names topics by name or id; older versions by name only.
     let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
         request
@@ -178,7 +215,11 @@ pub async fn delete_topics(broker: &Arc<Broker>, version: i16, request: DeleteTo
             .map(|t| (t.name.map(|n| n.to_string()), t.topic_id))
             .collect()
     } else {
-        request.topic_names.into_iter().map(|n| (Some(n.to_string()), Uuid::nil())).collect()
+        request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n.to_string()), Uuid::nil()))
+            .collect()
     };
     let b = broker.clone();
     let results = super::blocking(move || {
@@ -191,14 +232,19 @@ pub async fn delete_topics(broker: &Arc<Broker>, version: i16, request: DeleteTo
                     None => b.metadata.topic_by_id(id).map(|t| t.name),
                 };
                 let outcome = match &resolved {
-                    _ if !b.config.delete_topic_enable => {
-                        Err((ResponseError::TopicDeletionDisabled, "Topic deletion is disabled.".to_string()))
-                    }
-                    None => Err((ResponseError::UnknownTopicId, format!("Topic id {id} does not exist."))),
+                    _ if !b.config.delete_topic_enable => Err((
+                        ResponseError::TopicDeletionDisabled,
+                        "Topic deletion is disabled.".to_string(),
+                    )),
+                    None => Err((
+                        ResponseError::UnknownTopicId,
+                        format!("Topic id {id} does not exist."),
+                    )),
                     Some(n) => match b.metadata.topic(n) {
-                        Some(meta) if meta.internal => {
-                            Err((ResponseError::InvalidTopicException, "Internal topics cannot be deleted.".into()))
-                        }
+                        Some(meta) if meta.internal => Err((
+                            ResponseError::InvalidTopicException,
+                            "Internal topics cannot be deleted.".into(),
+                        )),
                         _ => b.delete_topic(n),
                     },
                 };
@@ -286,7 +332,11 @@ pub async fn create_partitions(
     response
 }
 
-pub async fn delete_records(broker: &Arc<Broker>, _version: i16, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub async fn delete_records(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let b = broker.clone();
     let results = super::blocking(move || {
         request
@@ -310,7 +360,9 @@ pub async fn delete_records(broker: &Arc<Broker>, _version: i16, request: Delete
                                 if target < 0 || target > hw {
                                     r.error_code = ResponseError::OffsetOutOfRange.code();
                                 } else {
-                                    match partition.with_log(|log| log.delete_records_before(target)) {
+                                    match partition
+                                        .with_log(|log| log.delete_records_before(target))
+                                    {
                                         Ok(low) => r.low_watermark = low,
                                         Err(e) => {
                                             tracing::error!(error = %e, "delete records failed");
@@ -337,7 +389,11 @@ pub async fn delete_records(broker: &Arc<Broker>, _version: i16, request: Delete
     response
 }
 
-pub fn describe_cluster(broker: &Broker, version: i16, request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    broker: &Broker,
+    version: i16,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let mut response = DescribeClusterResponse::default();
     // Endpoint type 2 asks for controllers: this node is also the controller.
     if version >= 1 && request.endpoint_type != 1 && request.endpoint_type != 2 {

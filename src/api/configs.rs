@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
@@ -26,7 +28,11 @@ const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-pub fn describe(broker: &Broker, version: i16, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub fn describe(
+    broker: &Broker,
+    version: i16,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let mut response = DescribeConfigsResponse::default();
     response.results = request
         .resources
@@ -41,37 +47,51 @@ pub fn describe(broker: &Broker, version: i16, request: DescribeConfigsRequest) 
                     .as_ref()
                     .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
             };
-            let entries: Result<Vec<(String, String, bool, i8)>, KafkaError> = match resource.resource_type {
-                RESOURCE_TOPIC => match broker.metadata.topic(&resource.resource_name) {
-                    None => Err((
-                        ResponseError::UnknownTopicOrPartition,
-                        format!("Topic '{}' does not exist.", resource.resource_name.as_str()),
-                    )),
-                    Some(topic) => Ok(TopicConfigs::describe(&broker.config, &topic.configs)
-                        .into_iter()
-                        .map(|(name, value, own)| {
-                            (name.to_string(), value, false, if own { SOURCE_TOPIC } else { SOURCE_DEFAULT })
-                        })
-                        .collect()),
-                },
-                RESOURCE_BROKER => {
-                    let name = resource.resource_name.as_str();
-                    if name.is_empty() || name == broker.config.node_id.to_string() {
-                        Ok(broker
-                            .config_sources
-                            .effective()
-                            .filter(|(_, v)| !v.is_empty())
-                            .map(|(k, v)| (k.to_string(), v.to_string(), true, SOURCE_STATIC_BROKER))
-                            .collect())
-                    } else {
-                        Err((ResponseError::InvalidRequest, format!("Unknown broker {name}.")))
+            let entries: Result<Vec<(String, String, bool, i8)>, KafkaError> =
+                match resource.resource_type {
+                    RESOURCE_TOPIC => match broker.metadata.topic(&resource.resource_name) {
+                        None => Err((
+                            ResponseError::UnknownTopicOrPartition,
+                            format!(
+                                "Topic '{}' does not exist.",
+                                resource.resource_name.as_str()
+                            ),
+                        )),
+                        Some(topic) => Ok(TopicConfigs::describe(&broker.config, &topic.configs)
+                            .into_iter()
+                            .map(|(name, value, own)| {
+                                (
+                                    name.to_string(),
+                                    value,
+                                    false,
+                                    if own { SOURCE_TOPIC } else { SOURCE_DEFAULT },
+                                )
+                            })
+                            .collect()),
+                    },
+                    RESOURCE_BROKER => {
+                        let name = resource.resource_name.as_str();
+                        if name.is_empty() || name == broker.config.node_id.to_string() {
+                            Ok(broker
+                                .config_sources
+                                .effective()
+                                .filter(|(_, v)| !v.is_empty())
+                                .map(|(k, v)| {
+                                    (k.to_string(), v.to_string(), true, SOURCE_STATIC_BROKER)
+                                })
+                                .collect())
+                        } else {
+                            Err((
+                                ResponseError::InvalidRequest,
+                                format!("Unknown broker {name}."),
+                            ))
+                        }
                     }
-                }
-                other => Err((
-                    ResponseError::InvalidRequest,
-                    format!("Config resource type {other} is not supported."),
-                )),
-            };
+                    other => Err((
+                        ResponseError::InvalidRequest,
+                        format!("Config resource type {other} is not supported."),
+                    )),
+                };
             match entries {
                 Ok(entries) => {
                     result.configs = entries
@@ -164,11 +184,15 @@ fn alter_resource(
 ) -> Result<(), KafkaError> {
     match resource_type {
         RESOURCE_TOPIC => {
-            let topic = broker
-                .metadata
-                .topic(name)
-                .ok_or((ResponseError::UnknownTopicOrPartition, format!("Topic '{name}' does not exist.")))?;
-            let base = if incremental { topic.configs.clone() } else { BTreeMap::new() };
+            let topic = broker.metadata.topic(name).ok_or((
+                ResponseError::UnknownTopicOrPartition,
+                format!("Topic '{name}' does not exist."),
+            ))?;
+            let base = if incremental {
+                topic.configs.clone()
+            } else {
+                BTreeMap::new()
+            };
             let next = apply_ops(&base, &ops)?;
             if !validate_only {
                 broker.set_topic_configs(name, next)?;
@@ -179,11 +203,18 @@ fn alter_resource(
             ResponseError::InvalidRequest,
             "Broker configs are read-only in Fjord; set them at startup.".into(),
         )),
-        other => Err((ResponseError::InvalidRequest, format!("Config resource type {other} is not supported."))),
+        other => Err((
+            ResponseError::InvalidRequest,
+            format!("Config resource type {other} is not supported."),
+        )),
     }
 }
 
-pub async fn alter(broker: &Arc<Broker>, _version: i16, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn alter(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
     let b = broker.clone();
     let results = super::blocking(move || {
@@ -194,9 +225,22 @@ pub async fn alter(broker: &Arc<Broker>, _version: i16, request: AlterConfigsReq
                 let ops = r
                     .configs
                     .iter()
-                    .map(|c| (c.name.to_string(), 0i8, c.value.as_ref().map(|v| v.to_string())))
+                    .map(|c| {
+                        (
+                            c.name.to_string(),
+                            0i8,
+                            c.value.as_ref().map(|v| v.to_string()),
+                        )
+                    })
                     .collect();
-                let outcome = alter_resource(&b, r.resource_type, &r.resource_name, false, ops, request.validate_only);
+                let outcome = alter_resource(
+                    &b,
+                    r.resource_type,
+                    &r.resource_name,
+                    false,
+                    ops,
+                    request.validate_only,
+                );
                 let mut out = AlterConfigsResourceResponse::default();
                 out.resource_type = r.resource_type;
                 out.resource_name = r.resource_name;
@@ -231,9 +275,22 @@ pub async fn incremental_alter(
                 let ops = r
                     .configs
                     .iter()
-                    .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
+                    .map(|c| {
+                        (
+                            c.name.to_string(),
+                            c.config_operation,
+                            c.value.as_ref().map(|v| v.to_string()),
+                        )
+                    })
                     .collect();
-                let outcome = alter_resource(&b, r.resource_type, &r.resource_name, true, ops, request.validate_only);
+                let outcome = alter_resource(
+                    &b,
+                    r.resource_type,
+                    &r.resource_name,
+                    true,
+                    ops,
+                    request.validate_only,
+                );
                 let mut out = AlterConfigsResourceResponse::default();
                 out.resource_type = r.resource_type;
                 out.resource_name = r.resource_name;
@@ -273,8 +330,14 @@ mod tests {
         )
         .expect("valid ops");
         assert!(!next.contains_key("retention.ms"));
-        assert_eq!(next.get("segment.bytes").map(String::as_str), Some("1048576"));
-        assert_eq!(next.get("cleanup.policy").map(String::as_str), Some("delete"));
+        assert_eq!(
+            next.get("segment.bytes").map(String::as_str),
+            Some("1048576")
+        );
+        assert_eq!(
+            next.get("cleanup.policy").map(String::as_str),
+            Some("delete")
+        );
     }
 
     #[test]
@@ -285,7 +348,11 @@ mod tests {
             Err(ResponseError::InvalidConfig)
         );
         assert_eq!(
-            apply_ops(&current, &[("retention.ms".into(), 0, Some("never".into()))]).map_err(|e| e.0),
+            apply_ops(
+                &current,
+                &[("retention.ms".into(), 0, Some("never".into()))]
+            )
+            .map_err(|e| e.0),
             Err(ResponseError::InvalidConfig)
         );
     }

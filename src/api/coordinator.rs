@@ -18,10 +18,18 @@ const KEY_TYPE_GROUP: i8 = 0;
 /// Most keys one batched request may carry.
 const COORDINATOR_KEYS_MAX: usize = 10_000;
 
-pub fn find(broker: &Broker, version: i16, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
+pub fn find(
+    broker: &Broker,
+    version: i16,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
     let (host, port) = broker.advertised();
     let node = BrokerId(broker.config.node_id);
-    let key_type = if version >= 1 { request.key_type } else { KEY_TYPE_GROUP };
+    let key_type = if version >= 1 {
+        request.key_type
+    } else {
+        KEY_TYPE_GROUP
+    };
     let available = key_type == KEY_TYPE_GROUP;
     let mut response = FindCoordinatorResponse::default();
     if version >= 4 {

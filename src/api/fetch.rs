@@ -71,7 +71,11 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -
                 partition_index: p.partition,
                 fetch_offset: p.fetch_offset,
                 partition_max_bytes: p.partition_max_bytes.max(0) as usize,
-                current_leader_epoch: if version >= 9 { p.current_leader_epoch } else { -1 },
+                current_leader_epoch: if version >= 9 {
+                    p.current_leader_epoch
+                } else {
+                    -1
+                },
                 partition,
             });
         }
@@ -83,7 +87,9 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -
         config.fetch_max_bytes
     };
     let min_bytes = request.min_bytes.max(0) as usize;
-    let max_wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(config.fetch_max_wait_ms_max));
+    let max_wait = Duration::from_millis(
+        (request.max_wait_ms.max(0) as u64).min(config.fetch_max_wait_ms_max),
+    );
     let deadline = Instant::now() + max_wait;
 
     // Subscribe before the first read so no append can slip between the two.

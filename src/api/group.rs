@@ -14,9 +14,10 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
-    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    ListGroupsRequest, ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -34,7 +35,12 @@ fn code(e: Option<ResponseError>) -> i16 {
     e.map(|e| e.code()).unwrap_or(0)
 }
 
-pub async fn join(broker: &Arc<Broker>, version: i16, client: (&str, &str), request: JoinGroupRequest) -> JoinGroupResponse {
+pub async fn join(
+    broker: &Arc<Broker>,
+    version: i16,
+    client: (&str, &str),
+    request: JoinGroupRequest,
+) -> JoinGroupResponse {
     let (client_id, client_host) = client;
     let join = JoinRequest {
         member_id: request.member_id.to_string(),
@@ -88,14 +94,26 @@ pub async fn join(broker: &Arc<Broker>, version: i16, client: (&str, &str), requ
     response
 }
 
-pub async fn sync(broker: &Arc<Broker>, version: i16, request: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn sync(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
     let instance = if version >= 3 {
         request.group_instance_id.as_ref().map(|s| s.to_string())
     } else {
         None
     };
-    let protocol_type = if version >= 5 { request.protocol_type.as_ref().map(|s| s.to_string()) } else { None };
-    let protocol_name = if version >= 5 { request.protocol_name.as_ref().map(|s| s.to_string()) } else { None };
+    let protocol_type = if version >= 5 {
+        request.protocol_type.as_ref().map(|s| s.to_string())
+    } else {
+        None
+    };
+    let protocol_name = if version >= 5 {
+        request.protocol_name.as_ref().map(|s| s.to_string())
+    } else {
+        None
+    };
     let assignments = request
         .assignments
         .into_iter()
@@ -124,7 +142,11 @@ pub async fn sync(broker: &Arc<Broker>, version: i16, request: SyncGroupRequest)
     response
 }
 
-pub async fn heartbeat(broker: &Arc<Broker>, version: i16, request: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn heartbeat(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: HeartbeatRequest,
+) -> HeartbeatResponse {
     let instance = if version >= 3 {
         request.group_instance_id.as_ref().map(|s| s.to_string())
     } else {
@@ -132,26 +154,45 @@ pub async fn heartbeat(broker: &Arc<Broker>, version: i16, request: HeartbeatReq
     };
     let error = broker
         .groups
-        .heartbeat(broker, &request.group_id, &request.member_id, instance.as_deref(), request.generation_id)
+        .heartbeat(
+            broker,
+            &request.group_id,
+            &request.member_id,
+            instance.as_deref(),
+            request.generation_id,
+        )
         .await;
     let mut response = HeartbeatResponse::default();
     response.error_code = code(error);
     response
 }
 
-pub async fn leave(broker: &Arc<Broker>, version: i16, request: LeaveGroupRequest) -> LeaveGroupResponse {
+pub async fn leave(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: LeaveGroupRequest,
+) -> LeaveGroupResponse {
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         request
             .members
             .iter()
             .take(ITEMS_MAX)
-            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string())))
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.to_string()),
+                )
+            })
             .collect()
     } else {
         vec![(request.member_id.to_string(), None)]
     };
     let mut response = LeaveGroupResponse::default();
-    match broker.groups.leave(broker, &request.group_id, &members).await {
+    match broker
+        .groups
+        .leave(broker, &request.group_id, &members)
+        .await
+    {
         Ok(errors) => {
             if version >= 3 {
                 response.members = members
@@ -174,7 +215,11 @@ pub async fn leave(broker: &Arc<Broker>, version: i16, request: LeaveGroupReques
     response
 }
 
-pub fn describe(broker: &Broker, version: i16, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub fn describe(
+    broker: &Broker,
+    version: i16,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
     let mut response = DescribeGroupsResponse::default();
     response.groups = request
         .groups
@@ -189,18 +234,20 @@ pub fn describe(broker: &Broker, version: i16, request: DescribeGroupsRequest) -
             g.members = d
                 .members
                 .into_iter()
-                .map(|(member_id, instance, client_id, client_host, metadata, assignment)| {
-                    let mut m = DescribedGroupMember::default();
-                    m.member_id = text(member_id);
-                    if version >= 4 {
-                        m.group_instance_id = instance.map(text);
-                    }
-                    m.client_id = text(client_id);
-                    m.client_host = text(client_host);
-                    m.member_metadata = metadata;
-                    m.member_assignment = assignment;
-                    m
-                })
+                .map(
+                    |(member_id, instance, client_id, client_host, metadata, assignment)| {
+                        let mut m = DescribedGroupMember::default();
+                        m.member_id = text(member_id);
+                        if version >= 4 {
+                            m.group_instance_id = instance.map(text);
+                        }
+                        m.client_id = text(client_id);
+                        m.client_host = text(client_host);
+                        m.member_metadata = metadata;
+                        m.member_assignment = assignment;
+                        m
+                    },
+                )
                 .collect();
             if version >= 6 && d.state == "Dead" {
                 // KIP-1043: v6 reports an unknown group as an error.
@@ -216,12 +263,20 @@ pub fn describe(broker: &Broker, version: i16, request: DescribeGroupsRequest) -
 
 pub fn list(broker: &Broker, version: i16, request: ListGroupsRequest) -> ListGroupsResponse {
     let states: Vec<String> = if version >= 4 {
-        request.states_filter.iter().map(|s| s.to_ascii_lowercase()).collect()
+        request
+            .states_filter
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect()
     } else {
         Vec::new()
     };
     let types: Vec<String> = if version >= 5 {
-        request.types_filter.iter().map(|s| s.to_ascii_lowercase()).collect()
+        request
+            .types_filter
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect()
     } else {
         Vec::new()
     };
@@ -248,7 +303,11 @@ pub fn list(broker: &Broker, version: i16, request: ListGroupsRequest) -> ListGr
     response
 }
 
-pub async fn delete(broker: &Arc<Broker>, _version: i16, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn delete(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
     let mut response = DeleteGroupsResponse::default();
     for group_id in request.groups_names.into_iter().take(ITEMS_MAX) {
         let error = broker.groups.delete_group(broker, &group_id).await;

@@ -5,10 +5,15 @@
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
-use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::{
-    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
 };
 
 use crate::broker::Broker;
@@ -21,7 +26,11 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
-pub async fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let b = broker.clone();
     let topics = super::blocking(move || {
         request
@@ -35,19 +44,25 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequ
                     .map(|p| {
                         let mut r = ListOffsetsPartitionResponse::default();
                         r.partition_index = p.partition_index;
-                        let epoch_to_check = if version >= 4 { p.current_leader_epoch } else { -1 };
+                        let epoch_to_check = if version >= 4 {
+                            p.current_leader_epoch
+                        } else {
+                            -1
+                        };
                         match b.replicas.get(&topic.name, p.partition_index) {
                             None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                            Some(partition) => match lookup(&partition, p.timestamp, epoch_to_check) {
-                                Ok((offset, timestamp)) => {
-                                    r.offset = offset;
-                                    r.timestamp = timestamp;
-                                    if version >= 4 {
-                                        r.leader_epoch = partition.leader_epoch();
+                            Some(partition) => {
+                                match lookup(&partition, p.timestamp, epoch_to_check) {
+                                    Ok((offset, timestamp)) => {
+                                        r.offset = offset;
+                                        r.timestamp = timestamp;
+                                        if version >= 4 {
+                                            r.leader_epoch = partition.leader_epoch();
+                                        }
                                     }
+                                    Err(code) => r.error_code = code.code(),
                                 }
-                                Err(code) => r.error_code = code.code(),
-                            },
+                            }
                         }
                         r
                     })
@@ -67,7 +82,11 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequ
 }
 
 /// Resolves one ListOffsets query to `(offset, timestamp)`. Blocking.
-fn lookup(partition: &Partition, timestamp: i64, current_leader_epoch: i32) -> Result<(i64, i64), ResponseError> {
+fn lookup(
+    partition: &Partition,
+    timestamp: i64,
+    current_leader_epoch: i32,
+) -> Result<(i64, i64), ResponseError> {
     check_epoch(partition, current_leader_epoch)?;
     let storage = |e: crate::log::LogError| {
         tracing::error!(partition = %partition.tp.dir_name(), error = %e, "offset lookup failed");
@@ -77,14 +96,18 @@ fn lookup(partition: &Partition, timestamp: i64, current_leader_epoch: i32) -> R
         LATEST => Ok((partition.high_watermark(), -1)),
         EARLIEST | EARLIEST_LOCAL => Ok((partition.log_start_offset(), -1)),
         MAX_TIMESTAMP => {
-            let found = partition.with_log(|log| log.max_timestamp()).map_err(storage)?;
+            let found = partition
+                .with_log(|log| log.max_timestamp())
+                .map_err(storage)?;
             Ok(found.unwrap_or((-1, -1)))
         }
         LATEST_TIERED => Ok((-1, -1)),
         ts if ts < 0 => Err(ResponseError::InvalidRequest),
         ts => {
             let hw = partition.high_watermark();
-            let found = partition.with_log(|log| log.offset_for_timestamp(ts)).map_err(storage)?;
+            let found = partition
+                .with_log(|log| log.offset_for_timestamp(ts))
+                .map_err(storage)?;
             // Never point a consumer above the high watermark.
             Ok(found.filter(|(offset, _)| *offset < hw).unwrap_or((-1, -1)))
         }

@@ -19,7 +19,11 @@ use crate::cluster::{validate_topic_name, TopicMeta};
 /// Most topics one Metadata request may name (bounds the work per request).
 const METADATA_TOPICS_MAX: usize = 10_000;
 
-pub async fn handle(broker: &Arc<Broker>, version: i16, request: MetadataRequest) -> MetadataResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: MetadataRequest,
+) -> MetadataResponse {
     let mut response = MetadataResponse::default();
     let (host, port) = broker.advertised();
     let mut node = MetadataResponseBroker::default();
@@ -32,7 +36,9 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: MetadataRequest
     }
     response.brokers = vec![node];
     if version >= 2 {
-        response.cluster_id = Some(StrBytes::from_string(broker.metadata.cluster_id().to_string()));
+        response.cluster_id = Some(StrBytes::from_string(
+            broker.metadata.cluster_id().to_string(),
+        ));
     }
 
     // v0: an empty list means every topic; v1+: null means every topic.
@@ -47,7 +53,9 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: MetadataRequest
     match requested {
         None => {
             for topic in broker.metadata.topics() {
-                response.topics.push(topic_response(broker, version, &topic));
+                response
+                    .topics
+                    .push(topic_response(broker, version, &topic));
             }
         }
         Some(list) => {
@@ -56,7 +64,12 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: MetadataRequest
                     Some(name) => by_name(broker, version, name, allow_auto_create).await,
                     None => match broker.metadata.topic_by_id(wanted.topic_id) {
                         Some(topic) => topic_response(broker, version, &topic),
-                        None => error_topic(version, None, wanted.topic_id, ResponseError::UnknownTopicId),
+                        None => error_topic(
+                            version,
+                            None,
+                            wanted.topic_id,
+                            ResponseError::UnknownTopicId,
+                        ),
                     },
                 };
                 response.topics.push(entry);
@@ -66,7 +79,12 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: MetadataRequest
     response
 }
 
-async fn by_name(broker: &Arc<Broker>, version: i16, name: TopicName, allow_auto_create: bool) -> MetadataResponseTopic {
+async fn by_name(
+    broker: &Arc<Broker>,
+    version: i16,
+    name: TopicName,
+    allow_auto_create: bool,
+) -> MetadataResponseTopic {
     if let Some(topic) = broker.metadata.topic(&name) {
         return topic_response(broker, version, &topic);
     }
@@ -74,18 +92,29 @@ async fn by_name(broker: &Arc<Broker>, version: i16, name: TopicName, allow_auto
         return error_topic(version, Some(name), Uuid::nil(), code);
     }
     if !allow_auto_create {
-        return error_topic(version, Some(name), Uuid::nil(), ResponseError::UnknownTopicOrPartition);
+        return error_topic(
+            version,
+            Some(name),
+            Uuid::nil(),
+            ResponseError::UnknownTopicOrPartition,
+        );
     }
     let b = broker.clone();
     let topic_name = name.to_string();
     let partitions = broker.config.num_partitions;
-    let created = super::blocking(move || b.create_topic(&topic_name, partitions, BTreeMap::new())).await;
+    let created =
+        super::blocking(move || b.create_topic(&topic_name, partitions, BTreeMap::new())).await;
     match created.and_then(|r| r) {
         Ok(topic) => topic_response(broker, version, &topic),
         // Another request created it between our check and our create.
         Err((ResponseError::TopicAlreadyExists, _)) => match broker.metadata.topic(&name) {
             Some(topic) => topic_response(broker, version, &topic),
-            None => error_topic(version, Some(name), Uuid::nil(), ResponseError::LeaderNotAvailable),
+            None => error_topic(
+                version,
+                Some(name),
+                Uuid::nil(),
+                ResponseError::LeaderNotAvailable,
+            ),
         },
         Err((code, message)) => {
             tracing::warn!(topic = %name.as_str(), %message, "auto-create failed");
@@ -128,7 +157,12 @@ fn topic_response(broker: &Broker, version: i16, topic: &TopicMeta) -> MetadataR
     out
 }
 
-fn error_topic(version: i16, name: Option<TopicName>, id: Uuid, code: ResponseError) -> MetadataResponseTopic {
+fn error_topic(
+    version: i16,
+    name: Option<TopicName>,
+    id: Uuid,
+    code: ResponseError,
+) -> MetadataResponseTopic {
     let mut out = MetadataResponseTopic::default();
     out.error_code = code.code();
     out.name = name;

@@ -56,42 +56,85 @@ impl KafkaApis {
     pub async fn handle(&self, request: Request, peer: std::net::SocketAddr) -> Outcome {
         let b = &self.broker;
         let v = request.version;
-        let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
+        let client_id = request
+            .header
+            .client_id
+            .as_deref()
+            .unwrap_or("")
+            .to_string();
         match request.body {
             RequestKind::JoinGroup(r) => {
                 let host = format!("/{}", peer.ip());
                 ResponseKind::JoinGroup(group::join(b, v, (&client_id, &host), r).await).into()
             }
             RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(group::sync(b, v, r).await).into(),
-            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(group::heartbeat(b, v, r).await).into(),
-            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(group::leave(b, v, r).await).into(),
-            RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(group::describe(b, v, r)).into(),
+            RequestKind::Heartbeat(r) => {
+                ResponseKind::Heartbeat(group::heartbeat(b, v, r).await).into()
+            }
+            RequestKind::LeaveGroup(r) => {
+                ResponseKind::LeaveGroup(group::leave(b, v, r).await).into()
+            }
+            RequestKind::DescribeGroups(r) => {
+                ResponseKind::DescribeGroups(group::describe(b, v, r)).into()
+            }
             RequestKind::ListGroups(r) => ResponseKind::ListGroups(group::list(b, v, r)).into(),
-            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(group::delete(b, v, r).await).into(),
-            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offsets::commit(b, v, r).await).into(),
-            RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offsets::fetch(b, v, r)).into(),
-            RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(offsets::delete(b, v, r).await).into(),
-            RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(v, r)).into(),
-            RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(b, v, r).await).into(),
+            RequestKind::DeleteGroups(r) => {
+                ResponseKind::DeleteGroups(group::delete(b, v, r).await).into()
+            }
+            RequestKind::OffsetCommit(r) => {
+                ResponseKind::OffsetCommit(offsets::commit(b, v, r).await).into()
+            }
+            RequestKind::OffsetFetch(r) => {
+                ResponseKind::OffsetFetch(offsets::fetch(b, v, r)).into()
+            }
+            RequestKind::OffsetDelete(r) => {
+                ResponseKind::OffsetDelete(offsets::delete(b, v, r).await).into()
+            }
+            RequestKind::ApiVersions(r) => {
+                ResponseKind::ApiVersions(api_versions::handle(v, r)).into()
+            }
+            RequestKind::Metadata(r) => {
+                ResponseKind::Metadata(metadata::handle(b, v, r).await).into()
+            }
             RequestKind::Produce(r) => produce::handle(b, v, r).await,
             RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(b, v, r).await).into(),
-            RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets::handle(b, v, r).await).into(),
-            RequestKind::OffsetForLeaderEpoch(r) => {
-                ResponseKind::OffsetForLeaderEpoch(list_offsets::offset_for_leader_epoch(b, v, r)).into()
+            RequestKind::ListOffsets(r) => {
+                ResponseKind::ListOffsets(list_offsets::handle(b, v, r).await).into()
             }
-            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(producer_id::handle(b, v, r).await).into(),
-            RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(coordinator::find(b, v, r)).into(),
-            RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(admin::create_topics(b, v, r).await).into(),
-            RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(admin::delete_topics(b, v, r).await).into(),
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                ResponseKind::OffsetForLeaderEpoch(list_offsets::offset_for_leader_epoch(b, v, r))
+                    .into()
+            }
+            RequestKind::InitProducerId(r) => {
+                ResponseKind::InitProducerId(producer_id::handle(b, v, r).await).into()
+            }
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(coordinator::find(b, v, r)).into()
+            }
+            RequestKind::CreateTopics(r) => {
+                ResponseKind::CreateTopics(admin::create_topics(b, v, r).await).into()
+            }
+            RequestKind::DeleteTopics(r) => {
+                ResponseKind::DeleteTopics(admin::delete_topics(b, v, r).await).into()
+            }
             RequestKind::CreatePartitions(r) => {
                 ResponseKind::CreatePartitions(admin::create_partitions(b, v, r).await).into()
             }
-            RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(admin::delete_records(b, v, r).await).into(),
-            RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(admin::describe_cluster(b, v, r)).into(),
-            RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(b, v, r)).into(),
-            RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter(b, v, r).await).into(),
+            RequestKind::DeleteRecords(r) => {
+                ResponseKind::DeleteRecords(admin::delete_records(b, v, r).await).into()
+            }
+            RequestKind::DescribeCluster(r) => {
+                ResponseKind::DescribeCluster(admin::describe_cluster(b, v, r)).into()
+            }
+            RequestKind::DescribeConfigs(r) => {
+                ResponseKind::DescribeConfigs(configs::describe(b, v, r)).into()
+            }
+            RequestKind::AlterConfigs(r) => {
+                ResponseKind::AlterConfigs(configs::alter(b, v, r).await).into()
+            }
             RequestKind::IncrementalAlterConfigs(r) => {
-                ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(b, v, r).await).into()
+                ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(b, v, r).await)
+                    .into()
             }
             // `protocol::decode_request` only lets through the APIs in the
             // supported table, so this arm is reached only if the table and
@@ -108,6 +151,9 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, crate::broker::KafkaError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         tracing::error!(error = %e, "blocking task failed");
-        (kafka_protocol::error::ResponseError::KafkaStorageError, e.to_string())
+        (
+            kafka_protocol::error::ResponseError::KafkaStorageError,
+            e.to_string(),
+        )
     })
 }

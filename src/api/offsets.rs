@@ -5,15 +5,19 @@
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
-use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
-    OffsetFetchResponse, TopicName,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -22,7 +26,11 @@ use crate::broker::{now_ms, Broker};
 use crate::coordinator::group::CommittedOffset;
 
 /// One topic of an OffsetCommit: per partition, the offset to store or the error.
-type CommitPlan = (TopicName, Uuid, Vec<(i32, Result<CommittedOffset, ResponseError>)>);
+type CommitPlan = (
+    TopicName,
+    Uuid,
+    Vec<(i32, Result<CommittedOffset, ResponseError>)>,
+);
 
 /// Most partitions one request may name.
 const PARTITIONS_MAX: usize = 100_000;
@@ -31,7 +39,11 @@ fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
-pub async fn commit(broker: &Arc<Broker>, version: i16, request: OffsetCommitRequest) -> OffsetCommitResponse {
+pub async fn commit(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
     let metadata_max = broker.groups.offsets_config().metadata_max_bytes;
     let now = now_ms();
     // Per partition: Ok(offset to store) or the error to answer.
@@ -51,8 +63,14 @@ pub async fn commit(broker: &Arc<Broker>, version: i16, request: OffsetCommitReq
                 let result = match &name {
                     None => Err(ResponseError::UnknownTopicId),
                     Some(n) => {
-                        let known = broker.metadata.topic(n).is_some_and(|t| p.partition_index >= 0 && p.partition_index < t.partitions);
-                        let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                        let known = broker.metadata.topic(n).is_some_and(|t| {
+                            p.partition_index >= 0 && p.partition_index < t.partitions
+                        });
+                        let metadata = p
+                            .committed_metadata
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_default();
                         if !known {
                             Err(ResponseError::UnknownTopicOrPartition)
                         } else if metadata.len() > metadata_max {
@@ -60,7 +78,11 @@ pub async fn commit(broker: &Arc<Broker>, version: i16, request: OffsetCommitReq
                         } else {
                             Ok(CommittedOffset {
                                 offset: p.committed_offset,
-                                leader_epoch: if version >= 6 { p.committed_leader_epoch } else { -1 },
+                                leader_epoch: if version >= 6 {
+                                    p.committed_leader_epoch
+                                } else {
+                                    -1
+                                },
                                 metadata,
                                 commit_timestamp_ms: now,
                             })
@@ -82,13 +104,17 @@ pub async fn commit(broker: &Arc<Broker>, version: i16, request: OffsetCommitReq
         .iter()
         .flat_map(|(name, id, partitions)| {
             let resolved = if version >= 10 {
-                broker.metadata.topic_by_id(*id).map(|t| t.name).unwrap_or_default()
+                broker
+                    .metadata
+                    .topic_by_id(*id)
+                    .map(|t| t.name)
+                    .unwrap_or_default()
             } else {
                 name.to_string()
             };
-            partitions
-                .iter()
-                .filter_map(move |(p, r)| r.as_ref().ok().map(|o| (resolved.clone(), *p, o.clone())))
+            partitions.iter().filter_map(move |(p, r)| {
+                r.as_ref().ok().map(|o| (resolved.clone(), *p, o.clone()))
+            })
         })
         .collect();
     let instance = if version >= 7 {
@@ -154,7 +180,15 @@ pub fn fetch(broker: &Broker, version: i16, request: OffsetFetchRequest) -> Offs
     if version < 8 {
         let topics = request.topics.map(|ts| {
             ts.into_iter()
-                .map(|t| (t.name.to_string(), t.partition_indexes.into_iter().take(PARTITIONS_MAX).collect()))
+                .map(|t| {
+                    (
+                        t.name.to_string(),
+                        t.partition_indexes
+                            .into_iter()
+                            .take(PARTITIONS_MAX)
+                            .collect(),
+                    )
+                })
                 .collect()
         });
         response.topics = broker
@@ -193,21 +227,38 @@ pub fn fetch(broker: &Broker, version: i16, request: OffsetFetchRequest) -> Offs
                 ts.into_iter()
                     .map(|t| {
                         let name = if version >= 10 {
-                            broker.metadata.topic_by_id(t.topic_id).map(|m| m.name).unwrap_or_default()
+                            broker
+                                .metadata
+                                .topic_by_id(t.topic_id)
+                                .map(|m| m.name)
+                                .unwrap_or_default()
                         } else {
                             t.name.to_string()
                         };
-                        (name, t.topic_id, t.partition_indexes.into_iter().take(PARTITIONS_MAX).collect())
+                        (
+                            name,
+                            t.topic_id,
+                            t.partition_indexes
+                                .into_iter()
+                                .take(PARTITIONS_MAX)
+                                .collect(),
+                        )
                     })
                     .collect()
             });
             let ids: std::collections::HashMap<String, Uuid> = match &wanted {
                 Some(w) => w.iter().map(|(n, id, _)| (n.clone(), *id)).collect(),
-                None => broker.metadata.topics().into_iter().map(|t| (t.name, t.id)).collect(),
+                None => broker
+                    .metadata
+                    .topics()
+                    .into_iter()
+                    .map(|t| (t.name, t.id))
+                    .collect(),
             };
-            let found = broker
-                .groups
-                .fetch_offsets(&group.group_id, wanted.map(|w| w.into_iter().map(|(n, _, p)| (n, p)).collect()));
+            let found = broker.groups.fetch_offsets(
+                &group.group_id,
+                wanted.map(|w| w.into_iter().map(|(n, _, p)| (n, p)).collect()),
+            );
             let mut g = OffsetFetchResponseGroup::default();
             g.topics = found
                 .into_iter()
@@ -240,19 +291,31 @@ pub fn fetch(broker: &Broker, version: i16, request: OffsetFetchRequest) -> Offs
     response
 }
 
-pub async fn delete(broker: &Arc<Broker>, _version: i16, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub async fn delete(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
     let topics: Vec<(String, Vec<i32>)> = request
         .topics
         .iter()
         .map(|t| {
             (
                 t.name.to_string(),
-                t.partitions.iter().take(PARTITIONS_MAX).map(|p| p.partition_index).collect(),
+                t.partitions
+                    .iter()
+                    .take(PARTITIONS_MAX)
+                    .map(|p| p.partition_index)
+                    .collect(),
             )
         })
         .collect();
     let mut response = OffsetDeleteResponse::default();
-    match broker.groups.delete_offsets(broker, &request.group_id, topics).await {
+    match broker
+        .groups
+        .delete_offsets(broker, &request.group_id, topics)
+        .await
+    {
         Err(e) => response.error_code = e.code(),
         Ok(results) => {
             response.topics = results

@@ -29,7 +29,8 @@ struct Work {
 
 pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Outcome {
     let acks = request.acks;
-    let mut topics: Vec<(TopicName, Uuid, Option<String>)> = Vec::with_capacity(request.topic_data.len());
+    let mut topics: Vec<(TopicName, Uuid, Option<String>)> =
+        Vec::with_capacity(request.topic_data.len());
     let mut work = Vec::new();
     let request_error = if !matches!(acks, -1..=1) {
         Some(ResponseError::InvalidRequiredAcks)
@@ -50,7 +51,11 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
         };
         // Clients may not write to internal topics (Kafka's rule).
         let internal = meta.as_ref().is_some_and(|t| t.internal);
-        let name = if version >= 13 { meta.map(|t| t.name) } else { Some(topic.name.to_string()) };
+        let name = if version >= 13 {
+            meta.map(|t| t.name)
+        } else {
+            Some(topic.name.to_string())
+        };
         let topic_index = topics.len();
         topics.push((topic.name.clone(), topic.topic_id, name.clone()));
         for partition in topic.partition_data {
@@ -60,7 +65,9 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
                     ResponseError::InvalidTopicException,
                     "Cannot append to internal topic".to_string(),
                 ))),
-                (None, None) if version >= 13 => Some(Err((ResponseError::UnknownTopicId, String::new()))),
+                (None, None) if version >= 13 => {
+                    Some(Err((ResponseError::UnknownTopicId, String::new())))
+                }
                 (None, None) => Some(Err((ResponseError::UnknownTopicOrPartition, String::new()))),
                 (None, Some(_)) => None,
             };
@@ -82,7 +89,14 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
                 continue;
             }
             let name = names[item.topic_index].as_deref().unwrap_or_default();
-            item.result = Some(append_one(&b, name, item.partition_index, item.records.take(), now, version));
+            item.result = Some(append_one(
+                &b,
+                name,
+                item.partition_index,
+                item.records.take(),
+                now,
+                version,
+            ));
         }
         work
     })
@@ -95,7 +109,10 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
     if acks == 0 {
         // Kafka closes the connection when an acks=0 produce fails, the only
         // way such a client can notice.
-        return match work.iter().find_map(|w| w.result.as_ref().and_then(|r| r.as_ref().err())) {
+        return match work
+            .iter()
+            .find_map(|w| w.result.as_ref().and_then(|r| r.as_ref().err()))
+        {
             Some((code, _)) => Outcome::Close(format!("acks=0 produce failed with {code:?}")),
             None => Outcome::NoResponse,
         };
@@ -159,10 +176,16 @@ fn append_one(
     };
     let records = match records {
         Some(r) if !r.is_empty() => r,
-        _ => return Err((ResponseError::InvalidRecord, "produce request without records".into())),
+        _ => {
+            return Err((
+                ResponseError::InvalidRecord,
+                "produce request without records".into(),
+            ))
+        }
     };
     target.append_blocking(&records, now).map_err(|e| {
-        let mut code = ResponseError::try_from_code(e.kafka_error_code()).unwrap_or(ResponseError::UnknownServerError);
+        let mut code = ResponseError::try_from_code(e.kafka_error_code())
+            .unwrap_or(ResponseError::UnknownServerError);
         // INVALID_RECORD exists from Produce v8; older clients know CORRUPT_MESSAGE.
         if code == ResponseError::InvalidRecord && version < 8 {
             code = ResponseError::CorruptMessage;

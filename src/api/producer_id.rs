@@ -12,7 +12,11 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 
 use crate::broker::Broker;
 
-pub async fn handle(broker: &Arc<Broker>, _version: i16, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;

@@ -122,7 +122,11 @@ impl ClusterMetadata {
     }
 
     /// Checks a new topic's name and partition count without creating it.
-    pub fn validate_new_topic(&self, name: &str, partitions: i32) -> Result<(), (ResponseError, String)> {
+    pub fn validate_new_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> Result<(), (ResponseError, String)> {
         validate_topic_name(name)?;
         if self.topics.read().contains_key(name) {
             return Err((
@@ -175,7 +179,11 @@ impl ClusterMetadata {
     }
 
     /// Grows a topic to `count` partitions (Kafka never shrinks a topic).
-    pub fn set_partition_count(&self, name: &str, count: i32) -> Result<TopicMeta, (ResponseError, String)> {
+    pub fn set_partition_count(
+        &self,
+        name: &str,
+        count: i32,
+    ) -> Result<TopicMeta, (ResponseError, String)> {
         let mut topics = self.topics.write();
         let meta = topics.get_mut(name).ok_or_else(unknown_topic)?;
         if count <= meta.partitions {
@@ -214,12 +222,17 @@ impl ClusterMetadata {
     }
 
     fn persist(&self, topics: &BTreeMap<String, TopicMeta>) -> Result<(), (ResponseError, String)> {
-        let doc = Document { topics: topics.clone() };
+        let doc = Document {
+            topics: topics.clone(),
+        };
         let bytes = serde_json::to_vec_pretty(&doc)
             .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
         write_atomically(&self.path, &bytes).map_err(|e| {
             tracing::error!(error = %e, "cannot persist cluster metadata");
-            (ResponseError::KafkaStorageError, format!("cannot persist metadata: {e}"))
+            (
+                ResponseError::KafkaStorageError,
+                format!("cannot persist metadata: {e}"),
+            )
         })
     }
 }
@@ -233,7 +246,12 @@ fn unknown_topic() -> (ResponseError, String) {
 
 /// Kafka's topic-name rules: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.`/`..`.
 pub fn validate_topic_name(name: &str) -> Result<(), (ResponseError, String)> {
-    let bad = |why: &str| Err((ResponseError::InvalidTopicException, format!("Topic name \"{name}\" is illegal, {why}")));
+    let bad = |why: &str| {
+        Err((
+            ResponseError::InvalidTopicException,
+            format!("Topic name \"{name}\" is illegal, {why}"),
+        ))
+    };
     if name.is_empty() {
         return bad("it can't be empty");
     }
@@ -243,7 +261,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), (ResponseError, String)> {
     if name.len() > TOPIC_NAME_BYTES_MAX {
         return bad("it can't be longer than 249 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
         return bad("it contains a character other than ASCII alphanumerics, '.', '_' and '-'");
     }
     Ok(())
@@ -303,7 +324,10 @@ mod tests {
         let again = ClusterMetadata::open(dir.path(), 1).expect("reopen");
         assert_eq!(again.cluster_id(), id);
         assert_eq!(again.topic("orders"), Some(created.clone()));
-        assert_eq!(again.topic_by_id(created.id).map(|t| t.name), Some("orders".into()));
+        assert_eq!(
+            again.topic_by_id(created.id).map(|t| t.name),
+            Some("orders".into())
+        );
     }
 
     #[test]
@@ -329,11 +353,19 @@ mod tests {
     fn partitions_only_grow() {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = ClusterMetadata::open(dir.path(), 1).expect("open");
-        meta.create_topic("t", 2, BTreeMap::new(), false).expect("create");
-        assert_eq!(meta.set_partition_count("t", 2).map_err(|e| e.0), Err(ResponseError::InvalidPartitions));
-        assert_eq!(meta.set_partition_count("t", 5).map(|t| t.partitions), Ok(5));
+        meta.create_topic("t", 2, BTreeMap::new(), false)
+            .expect("create");
         assert_eq!(
-            meta.create_topic("t", 1, BTreeMap::new(), false).map_err(|e| e.0),
+            meta.set_partition_count("t", 2).map_err(|e| e.0),
+            Err(ResponseError::InvalidPartitions)
+        );
+        assert_eq!(
+            meta.set_partition_count("t", 5).map(|t| t.partitions),
+            Ok(5)
+        );
+        assert_eq!(
+            meta.create_topic("t", 1, BTreeMap::new(), false)
+                .map_err(|e| e.0),
             Err(ResponseError::TopicAlreadyExists)
         );
     }

@@ -30,18 +30,58 @@ enum Kind {
 }
 
 const KEYS: &[Key] = &[
-    Key { name: "cleanup.policy", broker_property: "log.cleanup.policy", kind: Kind::CleanupPolicy },
-    Key { name: "retention.ms", broker_property: "log.retention.ms", kind: Kind::Long(-1) },
-    Key { name: "retention.bytes", broker_property: "log.retention.bytes", kind: Kind::Long(-1) },
-    Key { name: "segment.bytes", broker_property: "log.segment.bytes", kind: Kind::Long(14) },
-    Key { name: "segment.ms", broker_property: "log.roll.ms", kind: Kind::Long(1) },
-    Key { name: "max.message.bytes", broker_property: "message.max.bytes", kind: Kind::Long(0) },
-    Key { name: "message.timestamp.type", broker_property: "log.message.timestamp.type", kind: Kind::TimestampType },
-    Key { name: "index.interval.bytes", broker_property: "log.index.interval.bytes", kind: Kind::Long(0) },
+    Key {
+        name: "cleanup.policy",
+        broker_property: "log.cleanup.policy",
+        kind: Kind::CleanupPolicy,
+    },
+    Key {
+        name: "retention.ms",
+        broker_property: "log.retention.ms",
+        kind: Kind::Long(-1),
+    },
+    Key {
+        name: "retention.bytes",
+        broker_property: "log.retention.bytes",
+        kind: Kind::Long(-1),
+    },
+    Key {
+        name: "segment.bytes",
+        broker_property: "log.segment.bytes",
+        kind: Kind::Long(14),
+    },
+    Key {
+        name: "segment.ms",
+        broker_property: "log.roll.ms",
+        kind: Kind::Long(1),
+    },
+    Key {
+        name: "max.message.bytes",
+        broker_property: "message.max.bytes",
+        kind: Kind::Long(0),
+    },
+    Key {
+        name: "message.timestamp.type",
+        broker_property: "log.message.timestamp.type",
+        kind: Kind::TimestampType,
+    },
+    Key {
+        name: "index.interval.bytes",
+        broker_property: "log.index.interval.bytes",
+        kind: Kind::Long(0),
+    },
     // Only one replica exists per partition today; any value up to 1 is honest.
-    Key { name: "min.insync.replicas", broker_property: "min.insync.replicas", kind: Kind::OneOf(&["1"]) },
+    Key {
+        name: "min.insync.replicas",
+        broker_property: "min.insync.replicas",
+        kind: Kind::OneOf(&["1"]),
+    },
     // Fjord keeps the producer's compression (bytes in, bytes out).
-    Key { name: "compression.type", broker_property: "compression.type", kind: Kind::OneOf(&["producer"]) },
+    Key {
+        name: "compression.type",
+        broker_property: "compression.type",
+        kind: Kind::OneOf(&["producer"]),
+    },
 ];
 
 /// Topic-level configs set on one topic, validated.
@@ -51,7 +91,10 @@ impl TopicConfigs {
     /// Checks one key/value pair; the error carries Kafka's message.
     pub fn validate(name: &str, value: &str) -> Result<(), (ResponseError, String)> {
         let key = KEYS.iter().find(|k| k.name == name).ok_or_else(|| {
-            (ResponseError::InvalidConfig, format!("Unknown topic config name: {name}"))
+            (
+                ResponseError::InvalidConfig,
+                format!("Unknown topic config name: {name}"),
+            )
         })?;
         let invalid = || {
             Err((
@@ -121,11 +164,16 @@ impl TopicConfigs {
         if let Some(v) = long("index.interval.bytes") {
             log.index_interval_bytes = v.clamp(0, i64::from(u32::MAX)) as u32;
         }
-        if let Some(t) = configs.get("message.timestamp.type").and_then(|v| TimestampType::parse(v)) {
+        if let Some(t) = configs
+            .get("message.timestamp.type")
+            .and_then(|v| TimestampType::parse(v))
+        {
             log.message_timestamp_type = t;
         }
         // A compact-only topic is never trimmed by time or size (Kafka's rule).
-        let policy = configs.get("cleanup.policy").unwrap_or(&broker.cleanup_policy);
+        let policy = configs
+            .get("cleanup.policy")
+            .unwrap_or(&broker.cleanup_policy);
         if !policy.split(',').any(|p| p.trim() == "delete") {
             log.retention_ms = -1;
             log.retention_bytes = -1;
@@ -135,7 +183,10 @@ impl TopicConfigs {
 
     /// Every topic config with its effective value and whether the topic set
     /// it (`true`) or it is the broker's default (`false`).
-    pub fn describe(broker: &BrokerConfig, configs: &BTreeMap<String, String>) -> Vec<(&'static str, String, bool)> {
+    pub fn describe(
+        broker: &BrokerConfig,
+        configs: &BTreeMap<String, String>,
+    ) -> Vec<(&'static str, String, bool)> {
         KEYS.iter()
             .map(|key| match configs.get(key.name) {
                 Some(v) => (key.name, v.clone(), true),

@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn reads_the_topics_of_a_subscription() {
-        assert_eq!(subscription_topics(&subscription(&["a", "orders"])), Some(vec!["a".into(), "orders".into()]));
+        assert_eq!(
+            subscription_topics(&subscription(&["a", "orders"])),
+            Some(vec!["a".into(), "orders".into()])
+        );
     }
 
     #[test]

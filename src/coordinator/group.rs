@@ -266,7 +266,9 @@ impl Group {
         group.leader_id = leader_id;
         for m in members {
             if let Some(instance) = &m.group_instance_id {
-                group.static_members.insert(instance.clone(), m.member_id.clone());
+                group
+                    .static_members
+                    .insert(instance.clone(), m.member_id.clone());
             }
             let protocols = match &protocol_name {
                 Some(name) => vec![(name.clone(), m.subscription)],
@@ -403,7 +405,12 @@ impl Group {
         }
     }
 
-    fn join_unknown_member(&mut self, now_ms: i64, request: JoinRequest, waiter: JoinWaiter) -> Effects {
+    fn join_unknown_member(
+        &mut self,
+        now_ms: i64,
+        request: JoinRequest,
+        waiter: JoinWaiter,
+    ) -> Effects {
         if let Some(instance) = request.group_instance_id.clone() {
             if let Some(old_id) = self.static_members.get(&instance).cloned() {
                 return self.replace_static_member(now_ms, &old_id, request, waiter);
@@ -422,20 +429,33 @@ impl Group {
         if request.group_instance_id.is_none() && request.require_known_member_id {
             // KIP-394: the client must come back with this id, so a client
             // that times out and retries does not leave a ghost member.
-            self.pending_members
-                .insert(member_id.clone(), now_ms + i64::from(request.session_timeout_ms));
-            let _ = waiter.send(JoinResult::error(ResponseError::MemberIdRequired, &member_id));
+            self.pending_members.insert(
+                member_id.clone(),
+                now_ms + i64::from(request.session_timeout_ms),
+            );
+            let _ = waiter.send(JoinResult::error(
+                ResponseError::MemberIdRequired,
+                &member_id,
+            ));
             return Effects::default();
         }
         self.add_member_and_rebalance(now_ms, member_id, request, waiter)
     }
 
-    fn join_known_member(&mut self, now_ms: i64, request: JoinRequest, waiter: JoinWaiter) -> Effects {
+    fn join_known_member(
+        &mut self,
+        now_ms: i64,
+        request: JoinRequest,
+        waiter: JoinWaiter,
+    ) -> Effects {
         let member_id = request.member_id.clone();
         if let Some(instance) = &request.group_instance_id {
             match self.static_members.get(instance) {
                 Some(current) if *current != member_id => {
-                    let _ = waiter.send(JoinResult::error(ResponseError::FencedInstanceId, &member_id));
+                    let _ = waiter.send(JoinResult::error(
+                        ResponseError::FencedInstanceId,
+                        &member_id,
+                    ));
                     return Effects::default();
                 }
                 _ => {}
@@ -445,7 +465,10 @@ impl Group {
             if self.pending_members.remove(&member_id).is_some() {
                 return self.add_member_and_rebalance(now_ms, member_id, request, waiter);
             }
-            let _ = waiter.send(JoinResult::error(ResponseError::UnknownMemberId, &member_id));
+            let _ = waiter.send(JoinResult::error(
+                ResponseError::UnknownMemberId,
+                &member_id,
+            ));
             return Effects::default();
         }
         match self.state {
@@ -474,7 +497,10 @@ impl Group {
                 }
             }
             GroupState::Empty | GroupState::Dead => {
-                let _ = waiter.send(JoinResult::error(ResponseError::UnknownMemberId, &member_id));
+                let _ = waiter.send(JoinResult::error(
+                    ResponseError::UnknownMemberId,
+                    &member_id,
+                ));
                 Effects::default()
             }
         }
@@ -482,9 +508,16 @@ impl Group {
 
     /// A static member rejoined with a new process: the new member id takes
     /// over the instance; in a Stable group nothing else changes (KIP-345).
-    fn replace_static_member(&mut self, now_ms: i64, old_id: &str, request: JoinRequest, waiter: JoinWaiter) -> Effects {
+    fn replace_static_member(
+        &mut self,
+        now_ms: i64,
+        old_id: &str,
+        request: JoinRequest,
+        waiter: JoinWaiter,
+    ) -> Effects {
         let Some(mut member) = self.members.shift_remove(old_id) else {
-            self.static_members.remove(request.group_instance_id.as_deref().unwrap_or_default());
+            self.static_members
+                .remove(request.group_instance_id.as_deref().unwrap_or_default());
             return self.join_unknown_member(now_ms, request, waiter);
         };
         // The old process, if still waiting, is fenced.
@@ -535,9 +568,16 @@ impl Group {
         }
     }
 
-    fn add_member_and_rebalance(&mut self, now_ms: i64, member_id: String, request: JoinRequest, waiter: JoinWaiter) -> Effects {
+    fn add_member_and_rebalance(
+        &mut self,
+        now_ms: i64,
+        member_id: String,
+        request: JoinRequest,
+        waiter: JoinWaiter,
+    ) -> Effects {
         if let Some(instance) = &request.group_instance_id {
-            self.static_members.insert(instance.clone(), member_id.clone());
+            self.static_members
+                .insert(instance.clone(), member_id.clone());
         }
         if self.members.is_empty() {
             self.protocol_type = Some(request.protocol_type.clone());
@@ -566,7 +606,13 @@ impl Group {
         }
     }
 
-    fn update_member(&mut self, now_ms: i64, member_id: &str, request: &JoinRequest, waiter: Option<JoinWaiter>) {
+    fn update_member(
+        &mut self,
+        now_ms: i64,
+        member_id: &str,
+        request: &JoinRequest,
+        waiter: Option<JoinWaiter>,
+    ) {
         if let Some(m) = self.members.get_mut(member_id) {
             m.protocols = request.protocols.clone();
             m.session_timeout_ms = request.session_timeout_ms;
@@ -574,7 +620,10 @@ impl Group {
             m.heartbeat_deadline_ms = now_ms + i64::from(request.session_timeout_ms);
             if let Some(w) = waiter {
                 if let Some(old) = m.join_waiter.replace(w) {
-                    let _ = old.send(JoinResult::error(ResponseError::RebalanceInProgress, member_id));
+                    let _ = old.send(JoinResult::error(
+                        ResponseError::RebalanceInProgress,
+                        member_id,
+                    ));
                 }
             }
         }
@@ -706,7 +755,13 @@ impl Group {
             members: if is_leader {
                 self.members
                     .values()
-                    .map(|m| (m.member_id.clone(), m.group_instance_id.clone(), m.metadata(&protocol)))
+                    .map(|m| {
+                        (
+                            m.member_id.clone(),
+                            m.group_instance_id.clone(),
+                            m.metadata(&protocol),
+                        )
+                    })
                     .collect()
             } else {
                 Vec::new()
@@ -745,7 +800,12 @@ impl Group {
     }
 
     /// Validates a member's generation for SyncGroup/Heartbeat/OffsetCommit.
-    fn check_member(&self, member_id: &str, instance: Option<&str>, generation_id: i32) -> Result<(), ResponseError> {
+    fn check_member(
+        &self,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+    ) -> Result<(), ResponseError> {
         if let Some(instance) = instance {
             if let Some(current) = self.static_members.get(instance) {
                 if current != member_id {
@@ -857,7 +917,13 @@ impl Group {
     }
 
     /// Handles a Heartbeat; returns the error, if any.
-    pub fn heartbeat(&mut self, now_ms: i64, member_id: &str, instance: Option<&str>, generation_id: i32) -> Option<ResponseError> {
+    pub fn heartbeat(
+        &mut self,
+        now_ms: i64,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+    ) -> Option<ResponseError> {
         if self.state == GroupState::Dead {
             return Some(ResponseError::CoordinatorNotAvailable);
         }
@@ -875,7 +941,11 @@ impl Group {
     }
 
     /// Handles LeaveGroup for each `(member id, group instance id)`.
-    pub fn leave(&mut self, now_ms: i64, leaving: &[(String, Option<String>)]) -> (Vec<Option<ResponseError>>, Effects) {
+    pub fn leave(
+        &mut self,
+        now_ms: i64,
+        leaving: &[(String, Option<String>)],
+    ) -> (Vec<Option<ResponseError>>, Effects) {
         let mut effects = Effects::default();
         let mut errors = Vec::with_capacity(leaving.len());
         for (member_id, instance) in leaving {
@@ -908,7 +978,12 @@ impl Group {
     }
 
     /// Whether an OffsetCommit from this member and generation may be stored.
-    pub fn check_commit(&self, member_id: &str, instance: Option<&str>, generation_id: i32) -> Result<(), ResponseError> {
+    pub fn check_commit(
+        &self,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+    ) -> Result<(), ResponseError> {
         match self.state {
             GroupState::Dead => Err(ResponseError::CoordinatorNotAvailable),
             // Admin tools and consumers without a group commit with generation -1.
@@ -948,7 +1023,9 @@ impl Group {
             effects.merge(self.remove_member_and_update(now_ms, &id));
         }
         // The join phase's deadline.
-        if self.state == GroupState::PreparingRebalance && self.rebalance_deadline_ms.is_some_and(|d| d <= now_ms) {
+        if self.state == GroupState::PreparingRebalance
+            && self.rebalance_deadline_ms.is_some_and(|d| d <= now_ms)
+        {
             match self.initial_delay_remaining_ms {
                 Some(remaining) if self.joined_during_delay && remaining > 0 => {
                     let delay = i64::from(self.config.initial_rebalance_delay_ms).min(remaining);
@@ -965,7 +1042,11 @@ impl Group {
         // Members that never sent SyncGroup for this generation.
         if self.sync_deadline_ms.is_some_and(|d| d <= now_ms) {
             self.sync_deadline_ms = None;
-            if matches!(self.state, GroupState::CompletingRebalance | GroupState::Stable) && !self.pending_sync.is_empty() {
+            if matches!(
+                self.state,
+                GroupState::CompletingRebalance | GroupState::Stable
+            ) && !self.pending_sync.is_empty()
+            {
                 let stragglers: Vec<String> = self.pending_sync.drain().collect();
                 for id in &stragglers {
                     self.drop_member(id);
@@ -981,7 +1062,10 @@ impl Group {
         self.state = GroupState::Dead;
         for m in self.members.values_mut() {
             if let Some(w) = m.join_waiter.take() {
-                let _ = w.send(JoinResult::error(ResponseError::CoordinatorNotAvailable, &m.member_id));
+                let _ = w.send(JoinResult::error(
+                    ResponseError::CoordinatorNotAvailable,
+                    &m.member_id,
+                ));
             }
             if let Some(w) = m.sync_waiter.take() {
                 let _ = w.send(SyncResult::error(ResponseError::CoordinatorNotAvailable));
@@ -1001,7 +1085,9 @@ impl Group {
         let protocol = self.protocol_name.clone()?;
         let mut topics = HashSet::new();
         for m in self.members.values() {
-            topics.extend(crate::coordinator::consumer_protocol::subscription_topics(&m.metadata(&protocol))?);
+            topics.extend(crate::coordinator::consumer_protocol::subscription_topics(
+                &m.metadata(&protocol),
+            )?);
         }
         Some(topics)
     }

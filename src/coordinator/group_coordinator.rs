@@ -23,11 +23,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch, Notify};
 
-use super::group::{CommittedOffset, Effects, Group, GroupConfig, GroupState, JoinRequest, JoinResult, SyncResult};
+use super::group::{
+    CommittedOffset, Effects, Group, GroupConfig, GroupState, JoinRequest, JoinResult, SyncResult,
+};
 use super::offsets_topic::{partition_for_group, GroupValue, OffsetValue, OffsetsRecord};
 use crate::broker::{now_ms as wall_now_ms, Broker};
 use crate::config::BrokerConfig;
@@ -63,7 +67,14 @@ pub struct GroupDescription {
     pub protocol_type: String,
     pub protocol_name: String,
     /// (member id, instance id, client id, client host, metadata, assignment)
-    pub members: Vec<(String, Option<String>, String, String, bytes::Bytes, bytes::Bytes)>,
+    pub members: Vec<(
+        String,
+        Option<String>,
+        String,
+        String,
+        bytes::Bytes,
+        bytes::Bytes,
+    )>,
 }
 
 /// Work that must happen after the group lock is released.
@@ -126,8 +137,13 @@ impl GroupCoordinator {
         };
         if earlier {
             timers.scheduled.insert(group.group_id.clone(), deadline);
-            let is_head = timers.heap.peek().is_none_or(|Reverse((d, _))| deadline < *d);
-            timers.heap.push(Reverse((deadline, group.group_id.clone())));
+            let is_head = timers
+                .heap
+                .peek()
+                .is_none_or(|Reverse((d, _))| deadline < *d);
+            timers
+                .heap
+                .push(Reverse((deadline, group.group_id.clone())));
             drop(timers);
             if is_head {
                 self.wake.notify_one();
@@ -152,9 +168,14 @@ impl GroupCoordinator {
             if groups.len() >= GROUPS_MAX {
                 return Err(ResponseError::CoordinatorNotAvailable);
             }
-            groups.insert(group_id.to_string(), Group::new(group_id, self.config.clone(), wall_now_ms()));
+            groups.insert(
+                group_id.to_string(),
+                Group::new(group_id, self.config.clone(), wall_now_ms()),
+            );
         }
-        let group = groups.get_mut(group_id).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let group = groups
+            .get_mut(group_id)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
         let state_before = group.state;
         let (result, effects) = f(group, now);
         if group.state != state_before {
@@ -174,7 +195,11 @@ impl GroupCoordinator {
 
     /// Persists, then releases the answers that waited for it.
     async fn finish(&self, broker: &Arc<Broker>, pending: Pending) {
-        let Pending { partition, records, syncs } = pending;
+        let Pending {
+            partition,
+            records,
+            syncs,
+        } = pending;
         let persisted = if records.is_empty() {
             Ok(())
         } else {
@@ -193,7 +218,12 @@ impl GroupCoordinator {
         }
     }
 
-    pub async fn join(&self, broker: &Arc<Broker>, group_id: &str, request: JoinRequest) -> JoinResult {
+    pub async fn join(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        request: JoinRequest,
+    ) -> JoinResult {
         let member_id = request.member_id.clone();
         let error = |e| JoinResult {
             error: Some(e),
@@ -207,8 +237,12 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return error(ResponseError::InvalidGroupId);
         }
-        let wait = Duration::from_millis(request.rebalance_timeout_ms.max(request.session_timeout_ms).max(0) as u64)
-            + Duration::from_millis(self.config.initial_rebalance_delay_ms.max(0) as u64)
+        let wait = Duration::from_millis(
+            request
+                .rebalance_timeout_ms
+                .max(request.session_timeout_ms)
+                .max(0) as u64,
+        ) + Duration::from_millis(self.config.initial_rebalance_delay_ms.max(0) as u64)
             + WAIT_SLACK;
         let create = request.member_id.is_empty();
         let (tx, rx) = oneshot::channel();
@@ -248,7 +282,18 @@ impl GroupCoordinator {
                 .get(member_id)
                 .map(|m| i64::from(m.rebalance_timeout_ms))
                 .unwrap_or(0);
-            (wait, g.sync(now, member_id, instance, generation_id, protocol, assignments, tx))
+            (
+                wait,
+                g.sync(
+                    now,
+                    member_id,
+                    instance,
+                    generation_id,
+                    protocol,
+                    assignments,
+                    tx,
+                ),
+            )
         });
         let wait_ms = match outcome {
             Ok((wait, pending)) => {
@@ -258,7 +303,12 @@ impl GroupCoordinator {
             Err(ResponseError::GroupIdNotFound) => return error(ResponseError::UnknownMemberId),
             Err(e) => return error(e),
         };
-        match tokio::time::timeout(Duration::from_millis(wait_ms.max(0) as u64) + WAIT_SLACK, rx).await {
+        match tokio::time::timeout(
+            Duration::from_millis(wait_ms.max(0) as u64) + WAIT_SLACK,
+            rx,
+        )
+        .await
+        {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => error(ResponseError::CoordinatorNotAvailable),
             Err(_) => error(ResponseError::RebalanceInProgress),
@@ -274,7 +324,10 @@ impl GroupCoordinator {
         generation_id: i32,
     ) -> Option<ResponseError> {
         match self.with_group(group_id, false, |g, now| {
-            (g.heartbeat(now, member_id, instance, generation_id), Effects::default())
+            (
+                g.heartbeat(now, member_id, instance, generation_id),
+                Effects::default(),
+            )
         }) {
             Ok((error, pending)) => {
                 self.finish(broker, pending).await;
@@ -317,7 +370,11 @@ impl GroupCoordinator {
             state: g.state.name(),
             protocol_type: g.protocol_type.clone().unwrap_or_default(),
             // Kafka reports the protocol only once the group is Stable.
-            protocol_name: if stable { protocol.clone() } else { String::new() },
+            protocol_name: if stable {
+                protocol.clone()
+            } else {
+                String::new()
+            },
             members: g
                 .members
                 .values()
@@ -327,8 +384,16 @@ impl GroupCoordinator {
                         m.group_instance_id.clone(),
                         m.client_id.clone(),
                         m.client_host.clone(),
-                        if stable { m.metadata(&protocol) } else { bytes::Bytes::new() },
-                        if stable { m.assignment.clone() } else { bytes::Bytes::new() },
+                        if stable {
+                            m.metadata(&protocol)
+                        } else {
+                            bytes::Bytes::new()
+                        },
+                        if stable {
+                            m.assignment.clone()
+                        } else {
+                            bytes::Bytes::new()
+                        },
                     )
                 })
                 .collect(),
@@ -340,14 +405,24 @@ impl GroupCoordinator {
         let groups = self.groups.lock();
         let mut out: Vec<_> = groups
             .values()
-            .map(|g| (g.group_id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state.name()))
+            .map(|g| {
+                (
+                    g.group_id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state.name(),
+                )
+            })
             .collect();
         out.sort();
         out
     }
 
     /// DeleteGroups: only empty groups may be deleted; their offsets go too.
-    pub async fn delete_group(&self, broker: &Arc<Broker>, group_id: &str) -> Option<ResponseError> {
+    pub async fn delete_group(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+    ) -> Option<ResponseError> {
         let pending = {
             let mut groups = self.groups.lock();
             let Some(g) = groups.get_mut(group_id) else {
@@ -401,7 +476,10 @@ impl GroupCoordinator {
         // may create the group; member commits need an existing group.
         let create = generation_id < 0;
         let ((), pending) = match self.with_group(group_id, create, |g, _| {
-            (g.check_commit(member_id, instance, generation_id), Effects::default())
+            (
+                g.check_commit(member_id, instance, generation_id),
+                Effects::default(),
+            )
         }) {
             Ok((Ok(()), pending)) => ((), pending),
             Ok((Err(e), _)) => return Err(e),
@@ -458,10 +536,14 @@ impl GroupCoordinator {
                 })
                 .collect(),
             None => {
-                let mut by_topic: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> = BTreeMap::new();
+                let mut by_topic: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> =
+                    BTreeMap::new();
                 if let Some(offsets) = offsets {
                     for ((topic, p), o) in offsets {
-                        by_topic.entry(topic.clone()).or_default().push((*p, Some(o.clone())));
+                        by_topic
+                            .entry(topic.clone())
+                            .or_default()
+                            .push((*p, Some(o.clone())));
                     }
                 }
                 by_topic.into_iter().collect()
@@ -479,8 +561,14 @@ impl GroupCoordinator {
     ) -> Result<Vec<(String, Vec<(i32, Option<ResponseError>)>)>, ResponseError> {
         let (results, records) = {
             let mut groups = self.groups.lock();
-            let g = groups.get_mut(group_id).ok_or(ResponseError::GroupIdNotFound)?;
-            let subscribed = if g.state == GroupState::Empty { None } else { g.subscribed_topics() };
+            let g = groups
+                .get_mut(group_id)
+                .ok_or(ResponseError::GroupIdNotFound)?;
+            let subscribed = if g.state == GroupState::Empty {
+                None
+            } else {
+                g.subscribed_topics()
+            };
             if g.state != GroupState::Empty && subscribed.is_none() {
                 return Err(ResponseError::NonEmptyGroup);
             }
@@ -538,7 +626,9 @@ impl GroupCoordinator {
                     .filter(|(_, o)| now - o.commit_timestamp_ms.max(since) >= retention)
                     .map(|(k, _)| k.clone())
                     .collect();
-                let records = by_partition.entry(partition_for_group(&g.group_id, self.offsets.partitions)).or_default();
+                let records = by_partition
+                    .entry(partition_for_group(&g.group_id, self.offsets.partitions))
+                    .or_default();
                 for key in expired {
                     g.offsets.remove(&key);
                     records.push(OffsetsRecord::Offset {
@@ -573,12 +663,20 @@ impl GroupCoordinator {
     }
 
     /// The scheduler: runs due group timers and the offset expiry, until shutdown.
-    pub async fn run_timers(self: Arc<Self>, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-        let mut expiry = tokio::time::interval(Duration::from_millis(self.offsets.retention_check_interval_ms.max(1)));
+    pub async fn run_timers(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut expiry = tokio::time::interval(Duration::from_millis(
+            self.offsets.retention_check_interval_ms.max(1),
+        ));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let head = self.timers.lock().heap.peek().map(|Reverse((d, _))| *d);
-            let sleep_ms = head.map(|d| (d - self.now_ms()).max(0) as u64).unwrap_or(3_600_000);
+            let sleep_ms = head
+                .map(|d| (d - self.now_ms()).max(0) as u64)
+                .unwrap_or(3_600_000);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
                 _ = self.wake.notified() => continue,
@@ -593,7 +691,9 @@ impl GroupCoordinator {
                     if *d > now {
                         break;
                     }
-                    let Some(Reverse((d, id))) = timers.heap.pop() else { break };
+                    let Some(Reverse((d, id))) = timers.heap.pop() else {
+                        break;
+                    };
                     if timers.scheduled.get(&id) == Some(&d) {
                         timers.scheduled.remove(&id);
                         due.push(id);
@@ -601,7 +701,9 @@ impl GroupCoordinator {
                 }
             }
             for id in due {
-                if let Ok(((), pending)) = self.with_group(&id, false, |g, now| ((), g.on_timer(now))) {
+                if let Ok(((), pending)) =
+                    self.with_group(&id, false, |g, now| ((), g.on_timer(now)))
+                {
                     self.finish(&broker, pending).await;
                 }
             }
@@ -634,13 +736,17 @@ impl GroupCoordinator {
                         if record.control || record.offset < offset {
                             continue;
                         }
-                        let Some(key) = record.key.as_deref() else { continue };
+                        let Some(key) = record.key.as_deref() else {
+                            continue;
+                        };
                         match OffsetsRecord::decode(key, record.value.as_deref()) {
                             Ok(r) => {
                                 count += 1;
                                 apply_loaded(&mut loaded, r);
                             }
-                            Err(e) => tracing::warn!(partition, offset = record.offset, error = %e, "skipping bad record"),
+                            Err(e) => {
+                                tracing::warn!(partition, offset = record.offset, error = %e, "skipping bad record")
+                            }
                         }
                     }
                 }
@@ -668,7 +774,11 @@ impl GroupCoordinator {
             self.schedule(&group);
             groups.insert(id, group);
         }
-        tracing::info!(groups = groups.len(), records = count, "group coordinator loaded");
+        tracing::info!(
+            groups = groups.len(),
+            records = count,
+            "group coordinator loaded"
+        );
         Ok(())
     }
 }
@@ -677,7 +787,12 @@ type Loaded = HashMap<String, (Option<GroupValue>, BTreeMap<(String, i32), Commi
 
 fn apply_loaded(loaded: &mut Loaded, record: OffsetsRecord) {
     match record {
-        OffsetsRecord::Offset { group, topic, partition, value } => {
+        OffsetsRecord::Offset {
+            group,
+            topic,
+            partition,
+            value,
+        } => {
             let entry = loaded.entry(group).or_default();
             match value {
                 Some(v) => {
@@ -696,7 +811,10 @@ fn apply_loaded(loaded: &mut Loaded, record: OffsetsRecord) {
                 }
             }
         }
-        OffsetsRecord::Group { group, value: Some(v) } => {
+        OffsetsRecord::Group {
+            group,
+            value: Some(v),
+        } => {
             loaded.entry(group).or_default().0 = Some(v);
         }
         OffsetsRecord::Group { group, value: None } => {
@@ -736,7 +854,11 @@ fn group_record(g: &Group) -> OffsetsRecord {
 
 /// Appends records to a `__consumer_offsets` partition (one batch) and
 /// returns once they are as durable as any acknowledged produce.
-async fn append(broker: &Arc<Broker>, partition: i32, records: Vec<OffsetsRecord>) -> Result<(), ResponseError> {
+async fn append(
+    broker: &Arc<Broker>,
+    partition: i32,
+    records: Vec<OffsetsRecord>,
+) -> Result<(), ResponseError> {
     let b = broker.clone();
     let result = crate::api::blocking(move || {
         let target = b

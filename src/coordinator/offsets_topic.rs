@@ -61,7 +61,12 @@ impl OffsetsRecord {
     pub fn encode(&self) -> (Bytes, Option<Bytes>) {
         let mut key = BytesMut::new();
         match self {
-            OffsetsRecord::Offset { group, topic, partition, value } => {
+            OffsetsRecord::Offset {
+                group,
+                topic,
+                partition,
+                value,
+            } => {
                 key.put_i16(KEY_OFFSET_COMMIT);
                 put_str(&mut key, group);
                 put_str(&mut key, topic);
@@ -131,7 +136,12 @@ impl OffsetsRecord {
                         })
                     }
                 };
-                Ok(OffsetsRecord::Offset { group, topic, partition, value })
+                Ok(OffsetsRecord::Offset {
+                    group,
+                    topic,
+                    partition,
+                    value,
+                })
             }
             KEY_GROUP_METADATA => {
                 let group = k.string()?;
@@ -164,7 +174,11 @@ fn decode_group_value(v: &[u8]) -> Result<GroupValue, String> {
     let mut members = Vec::with_capacity((count as usize).min(v.len()));
     for _ in 0..count {
         let member_id = r.string()?;
-        let group_instance_id = if version >= 3 { r.nullable_string()? } else { None };
+        let group_instance_id = if version >= 3 {
+            r.nullable_string()?
+        } else {
+            None
+        };
         let client_id = r.string()?;
         let client_host = r.string()?;
         let rebalance_timeout_ms = if version >= 1 { r.i32()? } else { 0 };
@@ -176,7 +190,11 @@ fn decode_group_value(v: &[u8]) -> Result<GroupValue, String> {
             group_instance_id,
             client_id,
             client_host,
-            rebalance_timeout_ms: if version >= 1 { rebalance_timeout_ms } else { session_timeout_ms },
+            rebalance_timeout_ms: if version >= 1 {
+                rebalance_timeout_ms
+            } else {
+                session_timeout_ms
+            },
             session_timeout_ms,
             subscription,
             assignment,
@@ -223,7 +241,10 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.at.checked_add(n).ok_or("length overflow")?;
-        let slice = self.buf.get(self.at..end).ok_or_else(|| format!("truncated record at byte {}", self.at))?;
+        let slice = self
+            .buf
+            .get(self.at..end)
+            .ok_or_else(|| format!("truncated record at byte {}", self.at))?;
         self.at = end;
         Ok(slice)
     }
@@ -251,11 +272,14 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         let b = self.take(len as usize)?;
-        String::from_utf8(b.to_vec()).map(Some).map_err(|e| e.to_string())
+        String::from_utf8(b.to_vec())
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     fn string(&mut self) -> Result<String, String> {
-        self.nullable_string()?.ok_or_else(|| "null where a string is required".to_string())
+        self.nullable_string()?
+            .ok_or_else(|| "null where a string is required".to_string())
     }
 
     fn bytes(&mut self) -> Result<Bytes, String> {
@@ -325,7 +349,10 @@ mod tests {
         };
         let (k, v) = record.encode();
         assert_eq!(OffsetsRecord::decode(&k, v.as_deref()), Ok(record));
-        let tombstone = OffsetsRecord::Group { group: "g".into(), value: None };
+        let tombstone = OffsetsRecord::Group {
+            group: "g".into(),
+            value: None,
+        };
         let (k, v) = tombstone.encode();
         assert_eq!(v, None);
         assert_eq!(OffsetsRecord::decode(&k, None), Ok(tombstone));
@@ -336,7 +363,11 @@ mod tests {
         assert!(OffsetsRecord::decode(&[], None).is_err());
         assert!(OffsetsRecord::decode(&[0, 9, 0, 1, b'g'], None).is_err());
         assert!(OffsetsRecord::decode(&[0, 2, 0, 5, b'g'], None).is_err());
-        let (k, _) = OffsetsRecord::Group { group: "g".into(), value: None }.encode();
+        let (k, _) = OffsetsRecord::Group {
+            group: "g".into(),
+            value: None,
+        }
+        .encode();
         assert!(OffsetsRecord::decode(&k, Some(&[0, 3, 0x7f, 0xff])).is_err());
     }
 

@@ -34,7 +34,10 @@ impl ProducerIdManager {
         let path = dir.join("producer-id-block");
         let end = match std::fs::read_to_string(&path) {
             Ok(text) => text.trim().parse::<i64>().map_err(|e| {
-                anyhow::anyhow!("{} is corrupt ({e}); refusing to reuse producer ids", path.display())
+                anyhow::anyhow!(
+                    "{} is corrupt ({e}); refusing to reuse producer ids",
+                    path.display()
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e.into()),

@@ -90,9 +90,12 @@ pub async fn run(
                     let api_key = request.api_key;
                     let version = request.version;
                     match apis.handle(*request, peer).instrument(span).await {
-                        Outcome::Respond(body) => {
-                            Some(protocol::encode_response(correlation_id, api_key, version, &body)?)
-                        }
+                        Outcome::Respond(body) => Some(protocol::encode_response(
+                            correlation_id,
+                            api_key,
+                            version,
+                            &body,
+                        )?),
                         Outcome::NoResponse => None,
                         Outcome::Close(reason) => {
                             writer.flush().await?;

@@ -123,15 +123,20 @@ pub enum FrameError {
 
 /// Decodes a frame (without its length prefix).
 pub fn decode_request(mut frame: Bytes) -> Result<Request, FrameError> {
-    let peek = Peek::read(&frame).ok_or_else(|| FrameError::Malformed("frame shorter than a request header".into()))?;
+    let peek = Peek::read(&frame)
+        .ok_or_else(|| FrameError::Malformed("frame shorter than a request header".into()))?;
     let api_key = ApiKey::try_from(peek.api_key)
         .map_err(|_| FrameError::Malformed(format!("unknown api key {}", peek.api_key)))?;
     let Some((min, max)) = decodable_range(api_key) else {
-        return Err(FrameError::Malformed(format!("unsupported api {api_key:?}")));
+        return Err(FrameError::Malformed(format!(
+            "unsupported api {api_key:?}"
+        )));
     };
     if peek.api_version < min || peek.api_version > max {
         if api_key == ApiKey::ApiVersions && peek.api_version > max {
-            return Err(FrameError::UnsupportedApiVersions(unsupported_api_versions(peek.correlation_id)));
+            return Err(FrameError::UnsupportedApiVersions(
+                unsupported_api_versions(peek.correlation_id),
+            ));
         }
         return Err(FrameError::Malformed(format!(
             "{api_key:?} version {} is not supported (supported {min}..={max})",
@@ -141,8 +146,9 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, FrameError> {
     let header_version = api_key.request_header_version(peek.api_version);
     let header = RequestHeader::decode(&mut frame, header_version)
         .map_err(|e| FrameError::Malformed(format!("bad request header: {e}")))?;
-    let body = RequestKind::decode(api_key, &mut frame, peek.api_version)
-        .map_err(|e| FrameError::Malformed(format!("bad {api_key:?} v{} body: {e}", peek.api_version)))?;
+    let body = RequestKind::decode(api_key, &mut frame, peek.api_version).map_err(|e| {
+        FrameError::Malformed(format!("bad {api_key:?} v{} body: {e}", peek.api_version))
+    })?;
     Ok(Request {
         api_key,
         version: peek.api_version,
@@ -159,8 +165,13 @@ fn unsupported_api_versions(correlation_id: i32) -> Bytes {
     body.api_keys = api_version_entries();
     // Encoding a v0 response from our own well-formed values cannot fail; if
     // it ever did, an empty frame makes the client close and retry.
-    encode_response(correlation_id, ApiKey::ApiVersions, 0, &ResponseKind::ApiVersions(body))
-        .unwrap_or_default()
+    encode_response(
+        correlation_id,
+        ApiKey::ApiVersions,
+        0,
+        &ResponseKind::ApiVersions(body),
+    )
+    .unwrap_or_default()
 }
 
 /// Encodes a response frame, length prefix included.
@@ -207,7 +218,9 @@ mod tests {
     #[test]
     fn api_versions_round_trips_through_decode() {
         let body = RequestKind::ApiVersions(ApiVersionsRequest::default());
-        let req = decode_request(frame(ApiKey::ApiVersions, 0, 1, &body)).map_err(|e| format!("{e:?}")).expect("decodes");
+        let req = decode_request(frame(ApiKey::ApiVersions, 0, 1, &body))
+            .map_err(|e| format!("{e:?}"))
+            .expect("decodes");
         assert_eq!(req.api_key, ApiKey::ApiVersions);
         assert_eq!(req.header.correlation_id, 7);
     }
@@ -222,7 +235,10 @@ mod tests {
         match decode_request(raw.freeze()) {
             Err(FrameError::UnsupportedApiVersions(bytes)) => {
                 // length, correlation id, then the v0 body: error code first.
-                assert_eq!(i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]), 42);
+                assert_eq!(
+                    i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+                    42
+                );
                 assert_eq!(i16::from_be_bytes([bytes[8], bytes[9]]), 35);
                 let count = i32::from_be_bytes([bytes[10], bytes[11], bytes[12], bytes[13]]);
                 assert_eq!(count as usize, supported_apis().len());
@@ -234,14 +250,25 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for junk in [&b""[..], b"\x00", b"\xff\xff\x00\x00\x00\x00\x00\x01", b"\x00\x03\x00\x09\x00\x00\x00\x01\xff\xff\xff\xff\xff"] {
-            assert!(matches!(decode_request(Bytes::copy_from_slice(junk)), Err(FrameError::Malformed(_))));
+        for junk in [
+            &b""[..],
+            b"\x00",
+            b"\xff\xff\x00\x00\x00\x00\x00\x01",
+            b"\x00\x03\x00\x09\x00\x00\x00\x01\xff\xff\xff\xff\xff",
+        ] {
+            assert!(matches!(
+                decode_request(Bytes::copy_from_slice(junk)),
+                Err(FrameError::Malformed(_))
+            ));
         }
     }
 
     #[test]
     fn produce_is_advertised_from_zero_but_decoded_from_three() {
-        let produce = supported_apis().into_iter().find(|(k, _, _)| *k == ApiKey::Produce).expect("produce");
+        let produce = supported_apis()
+            .into_iter()
+            .find(|(k, _, _)| *k == ApiKey::Produce)
+            .expect("produce");
         assert_eq!(produce.1, 0);
         assert_eq!(decodable_range(ApiKey::Produce).map(|r| r.0), Some(3));
     }
@@ -256,7 +283,10 @@ mod tests {
         raw.put_i32(1);
         raw.put_i16(-1);
         raw.put_i32(i32::MAX);
-        assert!(matches!(decode_request(raw.freeze()), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_request(raw.freeze()),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     proptest::proptest! {

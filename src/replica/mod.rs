@@ -32,7 +32,10 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition { topic: topic.into(), partition }
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
     }
 
     /// Kafka's directory name for a partition: `<topic>-<partition>`.
@@ -84,7 +87,12 @@ impl Partition {
     }
 
     /// Reads committed batches from `offset`. Blocking.
-    pub fn read_blocking(&self, offset: i64, max_bytes: usize, min_one_batch: bool) -> Result<ReadInfo, ReadError> {
+    pub fn read_blocking(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+    ) -> Result<ReadInfo, ReadError> {
         let log = self.log.lock();
         let hw = self.high_watermark();
         log.read(offset, max_bytes, hw, min_one_batch)
@@ -132,7 +140,10 @@ impl ReplicaManager {
     pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
         // Building a key allocates; partitions per request are few and this is
         // a map lookup, so the clarity is worth it.
-        self.partitions.read().get(&TopicPartition::new(topic, partition)).cloned()
+        self.partitions
+            .read()
+            .get(&TopicPartition::new(topic, partition))
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Partition>> {
@@ -159,7 +170,12 @@ impl ReplicaManager {
             leader_epoch: 0,
             fsync: self.fsync,
         });
-        Ok(self.partitions.write().entry(tp).or_insert(partition).clone())
+        Ok(self
+            .partitions
+            .write()
+            .entry(tp)
+            .or_insert(partition)
+            .clone())
     }
 
     /// Removes a partition and deletes its data. Blocking.
@@ -177,7 +193,8 @@ impl ReplicaManager {
         } else {
             let dir = self.dir.join(tp.dir_name());
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|source| LogError::Io { path: dir, source })?;
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|source| LogError::Io { path: dir, source })?;
             }
         }
         Ok(())
@@ -202,7 +219,9 @@ impl ReplicaManager {
                 Ok(deleted) => {
                     tracing::info!(partition = %partition.tp.dir_name(), deleted, "retention deleted segments")
                 }
-                Err(e) => tracing::error!(partition = %partition.tp.dir_name(), error = %e, "retention failed"),
+                Err(e) => {
+                    tracing::error!(partition = %partition.tp.dir_name(), error = %e, "retention failed")
+                }
             }
         }
     }
