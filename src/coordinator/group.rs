@@ -644,6 +644,14 @@ impl Group {
         self.sync_deadline_ms = None;
         self.pending_sync.clear();
         let was_empty = self.state == GroupState::Empty;
+        if self.state != GroupState::PreparingRebalance {
+            tracing::info!(
+                group = %self.group_id,
+                generation = self.generation_id,
+                members = self.members.len(),
+                "preparing to rebalance"
+            );
+        }
         self.state = GroupState::PreparingRebalance;
         if was_empty && self.config.initial_rebalance_delay_ms > 0 {
             // Wait for more members before the first assignment, extending
@@ -726,6 +734,13 @@ impl Group {
                 .map(|m| m.member_id.clone());
         }
         self.state = GroupState::CompletingRebalance;
+        tracing::info!(
+            group = %self.group_id,
+            generation = self.generation_id,
+            members = self.members.len(),
+            protocol = self.protocol_name.as_deref().unwrap_or(""),
+            "join phase complete; waiting for the leader's assignment"
+        );
         self.sync_deadline_ms = Some(now_ms + self.max_rebalance_timeout_ms());
         self.pending_sync = self.members.keys().cloned().collect();
         let ids: Vec<String> = self.members.keys().cloned().collect();
@@ -881,6 +896,7 @@ impl Group {
                     m.assignment = given.remove(&m.member_id).unwrap_or_default();
                 }
                 self.state = GroupState::Stable;
+                tracing::info!(group = %self.group_id, generation = self.generation_id, "group stable");
                 self.sync_deadline_ms = if self.pending_sync.is_empty() {
                     None
                 } else {

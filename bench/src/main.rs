@@ -1,0 +1,2 @@
+//! fjord-bench: the same workloads against any Kafka-protocol broker.
+fn main() {}
