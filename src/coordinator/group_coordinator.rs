@@ -42,6 +42,10 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const GROUPS_MAX: usize = 100_000;
 /// Slack added to a JoinGroup/SyncGroup wait beyond the group's own deadline.
 const WAIT_SLACK: Duration = Duration::from_secs(5);
+/// Records appended to an offsets partition before it is compacted by a snapshot.
+const SNAPSHOT_AFTER_RECORDS: usize = 20_000;
+/// Largest batch written to `__consumer_offsets` (below max.message.bytes).
+const SNAPSHOT_BATCH_BYTES_MAX: usize = 512 * 1024;
 /// Bytes read per step when replaying `__consumer_offsets`.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
@@ -92,6 +96,12 @@ pub struct GroupCoordinator {
     timers: Mutex<Timers>,
     wake: Notify,
     start: Instant,
+    /// One per offsets partition: serialises its appends with snapshots.
+    append_locks: Vec<Mutex<()>>,
+    appended_since_snapshot: Mutex<HashMap<i32, usize>>,
+    /// Records appended to a partition before it is compacted (a field so
+    /// tests can lower it).
+    pub(crate) snapshot_after_records: usize,
 }
 
 #[derive(Default)]
@@ -110,6 +120,11 @@ impl GroupCoordinator {
             timers: Mutex::new(Timers::default()),
             wake: Notify::new(),
             start: Instant::now(),
+            append_locks: (0..broker.offsets.partitions.max(1))
+                .map(|_| Mutex::new(()))
+                .collect(),
+            appended_since_snapshot: Mutex::new(HashMap::new()),
+            snapshot_after_records: SNAPSHOT_AFTER_RECORDS,
         }
     }
 
@@ -203,7 +218,7 @@ impl GroupCoordinator {
         let persisted = if records.is_empty() {
             Ok(())
         } else {
-            append(broker, partition, records).await
+            self.append(broker, partition, records, None).await
         };
         for (waiter, mut result) in syncs {
             if let Err(e) = persisted {
@@ -455,7 +470,9 @@ impl GroupCoordinator {
         };
         self.timers.lock().scheduled.remove(group_id);
         let partition = pending.partition;
-        append(broker, partition, pending.records).await.err()
+        self.append(broker, partition, pending.records, None)
+            .await
+            .err()
     }
 
     /// OffsetCommit: checks the member and generation, persists, then records.
@@ -506,14 +523,18 @@ impl GroupCoordinator {
                 }),
             })
             .collect();
-        append(broker, pending.partition, records).await?;
-        let mut groups = self.groups.lock();
-        if let Some(g) = groups.get_mut(group_id) {
-            for (topic, partition, o) in offsets {
-                g.offsets.insert((topic, partition), o);
+        // Offsets become visible only once durable, and are applied under the
+        // partition's append lock so a concurrent snapshot cannot miss them.
+        let group = group_id.to_string();
+        let apply: AfterAppend = Box::new(move |groups: &mut HashMap<String, Group>| {
+            if let Some(g) = groups.get_mut(&group) {
+                for (topic, partition, o) in offsets {
+                    g.offsets.insert((topic, partition), o);
+                }
             }
-        }
-        Ok(())
+        });
+        self.append(broker, pending.partition, records, Some(apply))
+            .await
     }
 
     /// OffsetFetch: the committed offsets of `topics` (all if `None`).
@@ -600,7 +621,8 @@ impl GroupCoordinator {
             (results, records)
         };
         if !records.is_empty() {
-            append(broker, self.partition_of(group_id), records).await?;
+            self.append(broker, self.partition_of(group_id), records, None)
+                .await?;
         }
         Ok(results)
     }
@@ -655,7 +677,7 @@ impl GroupCoordinator {
         for (partition, records) in by_partition {
             if !records.is_empty() {
                 tracing::info!(partition, records = records.len(), "expiring offsets");
-                if let Err(e) = append(broker, partition, records).await {
+                if let Err(e) = self.append(broker, partition, records, None).await {
                     tracing::warn!(?e, "offset expiry could not be persisted");
                 }
             }
@@ -714,6 +736,7 @@ impl GroupCoordinator {
     /// before the broker accepts clients.
     pub fn load(&self, broker: &Broker) -> anyhow::Result<()> {
         let mut loaded: Loaded = HashMap::new();
+        let mut replayed: HashMap<i32, usize> = HashMap::new();
         let mut count = 0usize;
         for partition in 0..self.offsets.partitions {
             let Some(p) = broker.replicas.get(OFFSETS_TOPIC, partition) else {
@@ -742,6 +765,7 @@ impl GroupCoordinator {
                         match OffsetsRecord::decode(key, record.value.as_deref()) {
                             Ok(r) => {
                                 count += 1;
+                                *replayed.entry(partition).or_default() += 1;
                                 apply_loaded(&mut loaded, r);
                             }
                             Err(e) => {
@@ -779,6 +803,14 @@ impl GroupCoordinator {
             records = count,
             "group coordinator loaded"
         );
+        drop(groups);
+        // Compact partitions whose replay was long, before clients arrive.
+        for (partition, n) in replayed {
+            self.appended_since_snapshot.lock().insert(partition, n);
+            if n >= self.snapshot_after_records {
+                self.snapshot_blocking(broker, partition);
+            }
+        }
         Ok(())
     }
 }
@@ -852,48 +884,23 @@ fn group_record(g: &Group) -> OffsetsRecord {
     }
 }
 
-/// Appends records to a `__consumer_offsets` partition (one batch) and
-/// returns once they are as durable as any acknowledged produce.
-async fn append(
-    broker: &Arc<Broker>,
-    partition: i32,
-    records: Vec<OffsetsRecord>,
-) -> Result<(), ResponseError> {
-    let b = broker.clone();
-    let result = crate::api::blocking(move || {
-        let target = b
-            .replicas
-            .get(OFFSETS_TOPIC, partition)
-            .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let now = wall_now_ms();
-        let encoded: Vec<Record> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let (key, value) = r.encode();
-                Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: -1,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i as i64,
-                    // The encoder starts a new batch when offset - sequence
-                    // changes; keep it constant so all records share one batch.
-                    sequence: i as i32,
-                    timestamp: now,
-                    key: Some(key),
-                    value,
-                    headers: Default::default(),
-                }
-            })
-            .collect();
-        let mut buf = BytesMut::new();
+/// Work applied to the group map right after a successful append, under the
+/// partition's append lock.
+type AfterAppend = Box<dyn FnOnce(&mut HashMap<String, Group>) + Send>;
+
+/// Encodes records as one or more uncompressed v2 batches, each well under
+/// the topic's `max.message.bytes`.
+fn encode_batches(records: &[OffsetsRecord], now: i64) -> Result<BytesMut, ResponseError> {
+    let mut out = BytesMut::new();
+    let mut chunk: Vec<Record> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let flush = |chunk: &mut Vec<Record>, out: &mut BytesMut| -> Result<(), ResponseError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         RecordBatchEncoder::encode(
-            &mut buf,
-            &encoded,
+            out,
+            chunk.iter(),
             &RecordEncodeOptions {
                 version: 2,
                 compression: Compression::None,
@@ -903,14 +910,301 @@ async fn append(
             tracing::error!(error = %e, "cannot encode group records");
             ResponseError::UnknownServerError
         })?;
-        target.append_blocking(&buf, now).map(|_| ()).map_err(|e| {
-            tracing::error!(partition, error = %e, "cannot persist group records");
-            ResponseError::CoordinatorNotAvailable
+        chunk.clear();
+        Ok(())
+    };
+    for r in records {
+        let (key, value) = r.encode();
+        let size = key.len() + value.as_ref().map_or(0, |v| v.len()) + 32;
+        if chunk_bytes + size > SNAPSHOT_BATCH_BYTES_MAX {
+            flush(&mut chunk, &mut out)?;
+            chunk_bytes = 0;
+        }
+        chunk_bytes += size;
+        let i = chunk.len();
+        chunk.push(Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch when offset - sequence changes;
+            // keep it constant so a chunk stays one batch.
+            sequence: i as i32,
+            timestamp: now,
+            key: Some(key),
+            value,
+            headers: Default::default(),
+        });
+    }
+    flush(&mut chunk, &mut out)?;
+    Ok(out)
+}
+
+impl GroupCoordinator {
+    /// Appends records to a `__consumer_offsets` partition and returns once
+    /// they are as durable as any acknowledged produce; `after` then runs under
+    /// the partition's append lock. Every so many records, the partition is
+    /// rewritten as a snapshot of the live state (see [`Self::snapshot_blocking`]).
+    async fn append(
+        &self,
+        broker: &Arc<Broker>,
+        partition: i32,
+        records: Vec<OffsetsRecord>,
+        after: Option<AfterAppend>,
+    ) -> Result<(), ResponseError> {
+        let b = broker.clone();
+        let result = crate::api::blocking(move || {
+            let coordinator = b.groups.clone();
+            let lock = coordinator
+                .append_locks
+                .get(partition as usize)
+                .ok_or(ResponseError::CoordinatorNotAvailable)?;
+            let _guard = lock.lock();
+            let target = b
+                .replicas
+                .get(OFFSETS_TOPIC, partition)
+                .ok_or(ResponseError::CoordinatorNotAvailable)?;
+            let now = wall_now_ms();
+            let buf = encode_batches(&records, now)?;
+            target.append_blocking(&buf, now).map_err(|e| {
+                tracing::error!(partition, error = %e, "cannot persist group records");
+                ResponseError::CoordinatorNotAvailable
+            })?;
+            if let Some(after) = after {
+                after(&mut coordinator.groups.lock());
+            }
+            let since = coordinator.note_appended(partition, records.len());
+            if since >= coordinator.snapshot_after_records {
+                coordinator.snapshot_blocking(&b, partition);
+            }
+            Ok(())
         })
-    })
-    .await;
-    match result {
-        Ok(inner) => inner,
-        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+        .await;
+        match result {
+            Ok(inner) => inner,
+            Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+
+    /// Counts records appended to a partition since its last snapshot.
+    fn note_appended(&self, partition: i32, count: usize) -> usize {
+        let mut counts = self.appended_since_snapshot.lock();
+        let slot = counts.entry(partition).or_default();
+        *slot += count;
+        *slot
+    }
+
+    /// Compacts one `__consumer_offsets` partition without a log cleaner:
+    /// appends the live state (every group and offset of the partition) and
+    /// moves the log start offset to the first snapshot record, so whole old
+    /// segments are deleted. Callers hold the partition's append lock (or run
+    /// before the broker serves), so no record can land between the state
+    /// read and the new log start. Blocking.
+    fn snapshot_blocking(&self, broker: &Broker, partition: i32) {
+        let Some(target) = broker.replicas.get(OFFSETS_TOPIC, partition) else {
+            return;
+        };
+        let records: Vec<OffsetsRecord> = {
+            let groups = self.groups.lock();
+            let mut out = Vec::new();
+            for g in groups.values() {
+                if self.partition_of(&g.group_id) != partition {
+                    continue;
+                }
+                if g.generation_id > 0 || !g.members.is_empty() {
+                    out.push(group_record(g));
+                }
+                for ((topic, p), o) in &g.offsets {
+                    out.push(OffsetsRecord::Offset {
+                        group: g.group_id.clone(),
+                        topic: topic.clone(),
+                        partition: *p,
+                        value: Some(OffsetValue {
+                            offset: o.offset,
+                            leader_epoch: o.leader_epoch,
+                            metadata: o.metadata.clone(),
+                            commit_timestamp_ms: o.commit_timestamp_ms,
+                        }),
+                    });
+                }
+            }
+            out
+        };
+        let now = wall_now_ms();
+        let new_start = if records.is_empty() {
+            target.log_end_offset()
+        } else {
+            let appended = encode_batches(&records, now).and_then(|buf| {
+                target
+                    .append_blocking(&buf, now)
+                    .map_err(|_| ResponseError::CoordinatorNotAvailable)
+            });
+            match appended {
+                Ok(info) => info.base_offset,
+                Err(e) => {
+                    tracing::warn!(partition, ?e, "offsets snapshot not written");
+                    return;
+                }
+            }
+        };
+        match target.with_log(|log| log.delete_records_before(new_start)) {
+            Ok(low) => tracing::info!(
+                partition,
+                live_records = records.len(),
+                log_start_offset = low,
+                "compacted __consumer_offsets partition"
+            ),
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "offsets snapshot: cannot move the log start")
+            }
+        }
+        self.appended_since_snapshot.lock().insert(partition, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigSources;
+
+    fn open_broker(dir: &std::path::Path, snapshot_after: usize) -> Arc<Broker> {
+        let mut sources = ConfigSources::new();
+        sources
+            .set("log.dirs", dir.display().to_string())
+            .expect("known key");
+        sources
+            .set("offsets.topic.num.partitions", "2")
+            .expect("known key");
+        let mut broker = Broker::open(sources).expect("broker opens");
+        Arc::get_mut(&mut broker.groups)
+            .expect("sole owner")
+            .snapshot_after_records = snapshot_after;
+        Arc::new(broker)
+    }
+
+    fn offset(o: i64) -> CommittedOffset {
+        CommittedOffset {
+            offset: o,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: wall_now_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn committed_offsets_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);
+        broker
+            .groups
+            .commit_offsets(
+                &broker,
+                "g",
+                "",
+                None,
+                -1,
+                vec![("t".into(), 0, offset(41)), ("t".into(), 1, offset(7))],
+            )
+            .await
+            .expect("commit");
+        broker.replicas.shutdown();
+        drop(broker);
+        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);
+        let found = broker.groups.fetch_offsets("g", None);
+        assert_eq!(found.len(), 1);
+        let offsets: Vec<(i32, i64)> = found[0]
+            .1
+            .iter()
+            .map(|(p, o)| (*p, o.as_ref().map_or(-1, |o| o.offset)))
+            .collect();
+        assert_eq!(offsets, vec![(0, 41), (1, 7)]);
+    }
+
+    #[tokio::test]
+    async fn offsets_partitions_are_compacted_by_snapshots_without_losing_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open_broker(dir.path(), 50);
+        for i in 0..400 {
+            broker
+                .groups
+                .commit_offsets(&broker, "g", "", None, -1, vec![("t".into(), 0, offset(i))])
+                .await
+                .expect("commit");
+        }
+        let partition = broker.groups.partition_of("g");
+        let log = broker
+            .replicas
+            .get(OFFSETS_TOPIC, partition)
+            .expect("partition");
+        assert!(
+            log.log_start_offset() >= 350,
+            "old commits were not trimmed: log start {}",
+            log.log_start_offset()
+        );
+        broker.replicas.shutdown();
+        drop(broker);
+        let broker = open_broker(dir.path(), 50);
+        let found = broker
+            .groups
+            .fetch_offsets("g", Some(vec![("t".into(), vec![0])]));
+        assert_eq!(found[0].1[0].1.as_ref().map(|o| o.offset), Some(399));
+    }
+
+    #[tokio::test]
+    async fn a_group_with_members_is_restored_stable_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);
+        let join = |member_id: &str| JoinRequest {
+            member_id: member_id.to_string(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 30_000,
+            rebalance_timeout_ms: 30_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), bytes::Bytes::from_static(b"meta"))],
+            require_known_member_id: false,
+        };
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(broker.groups.clone().run_timers(broker.clone(), stop_rx));
+        // Default group.initial.rebalance.delay.ms: the scheduler ends the join.
+        let joined = tokio::time::timeout(
+            Duration::from_secs(10),
+            broker.groups.join(&broker, "g", join("")),
+        )
+        .await
+        .expect("join completes");
+        assert_eq!(joined.error, None);
+        let synced = broker
+            .groups
+            .sync(
+                &broker,
+                "g",
+                &joined.member_id,
+                None,
+                joined.generation_id,
+                (None, None),
+                vec![(joined.member_id.clone(), bytes::Bytes::from_static(b"asg"))],
+            )
+            .await;
+        assert_eq!(synced.error, None);
+        assert_eq!(synced.assignment, bytes::Bytes::from_static(b"asg"));
+        broker.replicas.shutdown();
+        drop(broker);
+        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);
+        let described = broker.groups.describe("g");
+        assert_eq!(described.state, "Stable");
+        assert_eq!(described.members.len(), 1);
+        assert_eq!(described.members[0].5, bytes::Bytes::from_static(b"asg"));
+        // The restored member keeps its generation: a heartbeat is accepted.
+        let error = broker
+            .groups
+            .heartbeat(&broker, "g", &joined.member_id, None, joined.generation_id)
+            .await;
+        assert_eq!(error, None);
     }
 }
