@@ -27,6 +27,8 @@ enum Command {
     Produce(fjord::cli::produce::ProduceArgs),
     /// Print records from a topic.
     Consume(fjord::cli::consume::ConsumeArgs),
+    /// List, describe and delete consumer groups; reset their offsets.
+    Group(fjord::cli::group::GroupArgs),
 }
 
 #[derive(clap::Args)]
@@ -77,6 +79,7 @@ fn main() -> std::process::ExitCode {
             Command::Topic(args) => fjord::cli::topic::run(args).await,
             Command::Produce(args) => fjord::cli::produce::run(args).await,
             Command::Consume(args) => fjord::cli::consume::run(args).await,
+            Command::Group(args) => fjord::cli::group::run(args).await,
         }
     });
     match result {

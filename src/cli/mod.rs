@@ -1,5 +1,5 @@
 //! The `fjord` subcommands that act as a Kafka client: `topic`, `produce`,
-//! `consume`. Each exposes a clap `Args` struct and `run(args)`.
+//! `consume`, `group`. Each exposes a clap `Args` struct and `run(args)`.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::client::{Client, ClientConfig};
 
 pub mod consume;
+pub mod group;
 pub mod produce;
 pub mod topic;
 

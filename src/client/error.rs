@@ -31,6 +31,10 @@ impl KafkaError {
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const INCONSISTENT_TOPIC_ID: i16 = 103;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
 
     /// `Some` for a non-zero code, `None` for `NONE` (0).
     pub fn from_code(code: i16, message: Option<&str>) -> Option<Self> {
@@ -68,6 +72,19 @@ impl KafkaError {
                 | Self::UNKNOWN_LEADER_EPOCH
                 | Self::UNKNOWN_TOPIC_ID
                 | Self::INCONSISTENT_TOPIC_ID
+        )
+    }
+
+    /// Errors after which a group request may succeed at the (possibly new)
+    /// coordinator: it moved, is still loading its offsets partition, or
+    /// `__consumer_offsets` is still being created. None of them applied the
+    /// request, so a retry cannot commit twice.
+    pub fn is_coordinator_moving(&self) -> bool {
+        matches!(
+            self.code,
+            Self::COORDINATOR_LOAD_IN_PROGRESS
+                | Self::COORDINATOR_NOT_AVAILABLE
+                | Self::NOT_COORDINATOR
         )
     }
 }

@@ -11,13 +11,18 @@ use crate::client::cluster::{Client, METADATA_RETRIES_MAX, RETRY_BACKOFF};
 use crate::client::error::KafkaError;
 use crate::client::metadata::TopicMetadata;
 
-/// Which end of a partition's log to look up.
+/// Which offset of a partition's log to look up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
     /// The log start offset (ListOffsets timestamp -2).
     Earliest,
     /// The log end offset, i.e. the next offset to be written (timestamp -1).
     Latest,
+    /// The first offset whose record timestamp is at or after this many
+    /// milliseconds since the epoch. The broker answers -1 when no record is
+    /// that recent; callers decide what that means (Kafka's reset tool falls
+    /// back to the log end offset).
+    Timestamp(i64),
 }
 
 impl OffsetSpec {
@@ -25,6 +30,7 @@ impl OffsetSpec {
         match self {
             OffsetSpec::Earliest => -2,
             OffsetSpec::Latest => -1,
+            OffsetSpec::Timestamp(ms) => ms,
         }
     }
 }
