@@ -5,6 +5,7 @@
 //	franz-compat create-topic -bootstrap B -topic T -partitions 3
 //	franz-compat produce      -bootstrap B -topic T -input lines.txt [-acks all|1] [-idempotent=false]
 //	franz-compat consume      -bootstrap B -topic T -out got.txt
+//	franz-compat group-consume -bootstrap B -topic T -group G -count K -out got.txt [-all]
 //
 // Lines are "key:value"; produce sends each as one record and consume writes
 // every record it reads back in the same form. Checking that each record
@@ -13,6 +14,14 @@
 // consume reads without a consumer group (direct partition consumption) from
 // the start of every partition up to the end offsets listed before it began, so
 // duplicates stored in the log are read back too, not only missing records.
+//
+// group-consume joins consumer group G (kgo.ConsumerGroup with franz-go's
+// default balancers, cooperative-sticky first; the classic protocol, as KIP-848
+// is opt-in), starts at the group's committed offsets (the start when there are
+// none), writes exactly K records, commits the offsets of exactly those
+// records (autocommit disabled; CommitRecords), reads the commits back
+// (OffsetFetch) and closes, which leaves the group. With -all the committed
+// offsets must also equal the end offsets.
 package main
 
 import (
@@ -43,6 +52,9 @@ func main() {
 	out := fs.String("out", "", "consume: file to write key:value lines to")
 	acks := fs.String("acks", "all", "produce: all or 1")
 	idempotent := fs.Bool("idempotent", true, "produce: idempotent writes (franz-go's default)")
+	group := fs.String("group", "", "group-consume: consumer group id")
+	count := fs.Int("count", 0, "group-consume: records to consume and commit")
+	all := fs.Bool("all", false, "group-consume: committed offsets must equal end offsets")
 	timeout := fs.Duration("timeout", 60*time.Second, "bound on the whole step")
 	_ = fs.Parse(os.Args[2:])
 	if *topic == "" {
@@ -67,6 +79,8 @@ func main() {
 		err = produce(ctx, opts, *topic, *input, *acks, *idempotent)
 	case "consume":
 		err = consume(ctx, opts, *topic, *out)
+	case "group-consume":
+		err = groupConsume(ctx, opts, *topic, *group, *count, *out, *all)
 	default:
 		err = fmt.Errorf("unknown subcommand %q", cmd)
 	}
@@ -207,6 +221,124 @@ func consume(ctx context.Context, opts []kgo.Opt, topic, out string) error {
 		}
 	}
 	fmt.Printf("consumed %d records, positions %v\n", count, next)
+	return nil
+}
+
+func groupConsume(ctx context.Context, opts []kgo.Opt, topic, group string, count int, out string, all bool) error {
+	if group == "" || count <= 0 {
+		return errors.New("-group and a positive -count are required")
+	}
+	opts = append(opts,
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(topic),
+		kgo.DisableAutoCommit(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.SessionTimeout(10*time.Second),
+		kgo.HeartbeatInterval(time.Second),
+		kgo.FetchMaxWait(500*time.Millisecond),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			fmt.Printf("assigned %v\n", m[topic])
+		}),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			fmt.Printf("revoked %v\n", m[topic])
+		}),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			cl.Close()
+		}
+	}()
+
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+
+	var written []*kgo.Record
+	for len(written) < count {
+		fetches := cl.PollRecords(ctx, count-len(written))
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("consumed %d of %d records: %w", len(written), count, err)
+		}
+		var fetchErr error
+		fetches.EachError(func(t string, p int32, err error) {
+			fmt.Fprintf(os.Stderr, "fetch error %s[%d]: %v\n", t, p, err)
+			if fetchErr == nil && !errors.Is(err, context.DeadlineExceeded) {
+				fetchErr = err
+			}
+		})
+		if fetchErr != nil {
+			return fetchErr
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			fmt.Fprintf(w, "%s:%s\n", r.Key, r.Value)
+			written = append(written, r)
+		})
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Printf("consumed %d records as a member of %s\n", len(written), group)
+
+	// CommitRecords commits, per partition, the offset after the last record.
+	want := map[int32]int64{}
+	for _, r := range written {
+		if r.Offset+1 > want[r.Partition] {
+			want[r.Partition] = r.Offset + 1
+		}
+	}
+	if err := cl.CommitRecords(ctx, written...); err != nil {
+		return fmt.Errorf("OffsetCommit: %w", err)
+	}
+	fmt.Printf("committed %v\n", want)
+
+	adm := kadm.NewClient(cl)
+	fetched, err := adm.FetchOffsets(ctx, group)
+	if err != nil {
+		return fmt.Errorf("OffsetFetch: %w", err)
+	}
+	if err := fetched.Error(); err != nil {
+		return fmt.Errorf("OffsetFetch: %w", err)
+	}
+	got := map[int32]int64{}
+	fetched.Each(func(o kadm.OffsetResponse) {
+		if o.Topic == topic {
+			got[o.Partition] = o.At
+		}
+	})
+	fmt.Printf("committed offsets read back (OffsetFetch): %v\n", got)
+	for p, o := range want {
+		if got[p] != o {
+			return fmt.Errorf("partition %d: committed %d, read back %d", p, o, got[p])
+		}
+	}
+	if all {
+		ends, err := adm.ListEndOffsets(ctx, topic)
+		if err == nil {
+			err = ends.Error()
+		}
+		if err != nil {
+			return fmt.Errorf("ListOffsets: %w", err)
+		}
+		endMap := map[int32]int64{}
+		ends.Each(func(o kadm.ListedOffset) { endMap[o.Partition] = o.Offset })
+		fmt.Printf("end offsets %v\n", endMap)
+		for p, end := range endMap {
+			if c, ok := got[p]; !ok || c != end {
+				return fmt.Errorf("partition %d: committed %v, end offset %d", p, got[p], end)
+			}
+		}
+	}
+	// Close leaves the group (LeaveGroup) so that a restart needs no session timeout.
+	cl.Close()
+	closed = true
 	return nil
 }
 

@@ -180,19 +180,20 @@ class Member:
         self.events.append(f"lost{parts}")
         print(f"{self.name}: LOST {parts}", flush=True)
 
-    def poll(self, timeout):
-        msg = self.consumer.poll(timeout)
-        if msg is None:
-            return 0
-        if msg.error():
-            print(f"{self.name}: consumer error: {msg.error()}", file=sys.stderr, flush=True)
-            if msg.error().fatal() or not msg.error().retriable():
-                sys.exit(f"{self.name}: consumer error: {msg.error()}")
-            return 0
-        self.out.write(f"{msg.key().decode()}:{msg.value().decode()}\n")
-        self.count += 1
-        self.nxt[msg.partition()] = msg.offset() + 1
-        return 1
+    def poll(self, timeout, limit=500):
+        """Serves callbacks and writes up to `limit` records; returns how many."""
+        n = 0
+        for msg in self.consumer.consume(num_messages=limit, timeout=timeout):
+            if msg.error():
+                print(f"{self.name}: consumer error: {msg.error()}", file=sys.stderr, flush=True)
+                if msg.error().fatal() or not msg.error().retriable():
+                    sys.exit(f"{self.name}: consumer error: {msg.error()}")
+                continue
+            self.out.write(f"{msg.key().decode()}:{msg.value().decode()}\n")
+            self.count += 1
+            n += 1
+            self.nxt[msg.partition()] = msg.offset() + 1
+        return n
 
 
 def committed_offsets(consumer, topic, partitions, timeout):
@@ -234,7 +235,7 @@ def group_join(args):
                     f"{m.name} has {m.count} records, assignment {sorted(m.assigned)}, events {m.events}"
                     for m in members))
             for m in members:
-                m.poll(0.05)
+                m.poll(0.02)
 
     with open(args.out, "w") as out_a, open(args.out_b, "w") as out_b:
         a, b = Member(args, "A", out_a), Member(args, "B", out_b)
@@ -286,7 +287,7 @@ def group_consume(args):
                 if time.monotonic() > deadline:
                     sys.exit(f"timed out after {m.count} of {args.count} records, assignment "
                              f"{sorted(m.assigned)}, consumed up to {m.nxt}")
-                m.poll(0.5)
+                m.poll(0.5, limit=min(500, args.count - m.count))
             print(f"consumed {m.count} records as a member of {args.group}, assignment {sorted(m.assigned)}")
             committed = m.commit(m.assigned)
             print(f"committed {committed}")
