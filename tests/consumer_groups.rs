@@ -1294,7 +1294,7 @@ async fn static_member_restart_within_session_timeout_does_not_rebalance_the_gro
     ];
     let dynamic_config = member_config(bootstrap, &group, &common_settings);
     let mut static_config = member_config(bootstrap, &group, &common_settings);
-    let _ = &instance;
+    static_config.set("group.instance.id", &instance);
 
     // The dynamic member joins first (and leads the group).
     let dynamic_member = Member::start(&log, dynamic, &dynamic_config, &topic)?;
