@@ -1,2 +1,102 @@
 //! fjord-bench: the same workloads against any Kafka-protocol broker.
-fn main() {}
+//!
+//! `fjord-bench run --bootstrap HOST:PORT --workload throughput|rate|e2e ...`
+//! produces (and consumes) through librdkafka, checks every record off by
+//! its sequence id, writes a JSON report (the contract with `bench/compare`,
+//! see `report.rs`) and prints a summary. It exits 1 if records were lost or
+//! duplicated (unless --allow-loss), 2 if the run itself failed.
+
+mod admin;
+mod checker;
+mod cli;
+mod clock;
+mod consumer;
+mod error_name;
+mod faults;
+mod payload;
+mod process_usage;
+mod producer;
+mod progress;
+mod report;
+mod run;
+mod stats;
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::run::Interrupts;
+
+fn main() -> ExitCode {
+    // Fix the bench clock's origin before any thread reads it.
+    clock::now_us();
+    let Command::Run(mut args) = Cli::parse().command;
+    let stop_rule = match args.resolve() {
+        Ok(rule) => rule,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        let interrupts = Interrupts::default();
+        let stop_producing = interrupts.stop_producing.clone();
+        let stop_verifying = interrupts.stop_verifying.clone();
+        tokio::spawn(async move {
+            let mut count = 0;
+            while tokio::signal::ctrl_c().await.is_ok() {
+                count += 1;
+                match count {
+                    1 => {
+                        eprintln!("\ninterrupted: stopping the producers (Ctrl-C again to skip the check)");
+                        stop_producing.store(true, Ordering::Relaxed);
+                    }
+                    2 => {
+                        eprintln!("\ninterrupted again: skipping the rest of the check");
+                        stop_verifying.store(true, Ordering::Relaxed);
+                    }
+                    _ => std::process::exit(130),
+                }
+            }
+        });
+
+        let report = match run::run((*args).clone(), stop_rule, &interrupts).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = report.write(&args.out) {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+        print!("{}", report.summary());
+        println!("  report       {}", args.out.display());
+        if report.lost > 0 || report.duplicated > 0 {
+            eprintln!(
+                "FAILED: {} acknowledged record(s) never consumed (lost), {} consumed more than once (duplicated){}",
+                report.lost,
+                report.duplicated,
+                if args.allow_loss { "; allowed by --allow-loss" } else { "" }
+            );
+            if !args.allow_loss {
+                return ExitCode::from(1);
+            }
+        }
+        ExitCode::SUCCESS
+    })
+}
