@@ -42,8 +42,11 @@ REPO = BENCH_DIR.parent
 CACHE = Path(os.environ.get("FJORD_CACHE", Path.home() / ".cache" / "fjord"))
 
 # Loopback ports. Kafka also uses KAFKA_PORT + 1 for its controller listener.
-KAFKA_PORT = int(os.environ.get("BENCH_KAFKA_PORT", "39092"))
-FJORD_PORT = int(os.environ.get("BENCH_FJORD_PORT", "39192"))
+# They sit below Linux's ephemeral range (32768-60999): polling a port in that
+# range while nothing listens can connect a socket to itself (TCP simultaneous
+# open), which then holds the port and makes the broker's bind fail.
+KAFKA_PORT = int(os.environ.get("BENCH_KAFKA_PORT", "29092"))
+FJORD_PORT = int(os.environ.get("BENCH_FJORD_PORT", "29192"))
 
 # Time limits (seconds) for the steps that are not a timed workload.
 BUILD_TIMEOUT_S = 45 * 60

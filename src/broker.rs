@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::api::KafkaApis;
 use crate::cluster::{ClusterMetadata, TopicConfigs, TopicMeta};
-use crate::config::{BrokerConfig, ConfigSources, FsyncPolicy};
+use crate::config::{BrokerConfig, ConfigSources};
 use crate::coordinator::group_coordinator::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::producer_id::ProducerIdManager;
 use crate::log::LogConfig;
@@ -245,7 +245,9 @@ async fn background_tasks(broker: Arc<Broker>, mut shutdown: watch::Receiver<boo
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = flush.tick(), if config.fsync == FsyncPolicy::Interval => {
+            // With --fsync always every acknowledgement syncs the data; this
+            // then only brings the indexes up to date.
+            _ = flush.tick() => {
                 let b = broker.clone();
                 let _ = tokio::task::spawn_blocking(move || b.replicas.flush_all()).await;
             }

@@ -30,6 +30,11 @@ pub enum Outcome {
     NoResponse,
     /// Close the connection (e.g. a failed `acks=0` produce, so the client notices).
     Close(String),
+    /// The request's effects are done (a produce is appended, in request
+    /// order) but its answer waits for something slower (the fsync that makes
+    /// it durable). The connection may read and start the next produce
+    /// meanwhile; answers still go out in request order.
+    Later(futures::future::BoxFuture<'static, Outcome>),
 }
 
 impl From<ResponseKind> for Outcome {

@@ -4,6 +4,12 @@
 //! All partitions of one request are appended in a single blocking task: one
 //! thread hop per request, not per partition. Records are never decoded: the
 //! log checks batch headers and CRCs only.
+//!
+//! With `--fsync always` the answer waits for the fsync that covers the
+//! append, but the append itself is done before this handler returns: the
+//! response comes back as [`Outcome::Later`], so the connection can append
+//! the client's next pipelined produce while the disk works, and one fsync
+//! (the partition's group commit) covers both.
 
 use std::sync::Arc;
 
@@ -17,6 +23,7 @@ use uuid::Uuid;
 use super::Outcome;
 use crate::broker::{now_ms, Broker};
 use crate::log::AppendInfo;
+use crate::replica::Partition;
 
 /// One partition's slice of the request, resolved to a partition (or an error).
 struct Work {
@@ -26,6 +33,10 @@ struct Work {
     /// `None` until appended; an error set up front skips the append.
     result: Option<Result<AppendInfo, (ResponseError, String)>>,
 }
+
+/// An appended partition whose answer waits for its fsync: the index of its
+/// [`Work`], the partition, and the offset everything below which must be durable.
+type PendingSync = (usize, Arc<Partition>, i64);
 
 pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Outcome {
     let acks = request.acks;
@@ -84,29 +95,38 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
     let names: Vec<Option<String>> = topics.iter().map(|t| t.2.clone()).collect();
     let appended = super::blocking(move || {
         let now = now_ms();
-        for item in work.iter_mut() {
+        let mut syncs: Vec<PendingSync> = Vec::new();
+        for (index, item) in work.iter_mut().enumerate() {
             if item.result.is_some() {
                 continue;
             }
             let name = names[item.topic_index].as_deref().unwrap_or_default();
-            item.result = Some(append_one(
-                &b,
-                name,
-                item.partition_index,
-                item.records.take(),
-                now,
-                version,
-            ));
+            let Some(target) = b.replicas.get(name, item.partition_index) else {
+                item.result = Some(Err((ResponseError::UnknownTopicOrPartition, String::new())));
+                continue;
+            };
+            let result = append_one(&target, name, item.records.take(), now, version);
+            if let Ok(info) = &result {
+                if target.sync_before_ack() {
+                    syncs.push((index, target, info.last_offset + 1));
+                }
+            }
+            item.result = Some(result);
         }
-        work
+        (work, syncs)
     })
     .await;
-    let work = match appended {
-        Ok(work) => work,
+    let (work, syncs) = match appended {
+        Ok(done) => done,
         Err((_, message)) => return Outcome::Close(format!("produce failed: {message}")),
     };
 
     if acks == 0 {
+        if !syncs.is_empty() {
+            // Nobody waits for the answer, but the data is committed (and so
+            // readable) only once synced.
+            tokio::spawn(wait_for_syncs(syncs));
+        }
         // Kafka closes the connection when an acks=0 produce fails, the only
         // way such a client can notice.
         return match work
@@ -117,7 +137,47 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
             None => Outcome::NoResponse,
         };
     }
+    if syncs.is_empty() {
+        return respond(version, topics, work);
+    }
+    Outcome::Later(Box::pin(async move {
+        let mut work = work;
+        for (index, failure) in wait_for_syncs(syncs).await {
+            if let Some(item) = work.get_mut(index) {
+                item.result = Some(Err(failure));
+            }
+        }
+        respond(version, topics, work)
+    }))
+}
 
+/// Runs the fsyncs (group commits) the appends need, all partitions at once;
+/// returns the ones that failed, by [`Work`] index.
+async fn wait_for_syncs(syncs: Vec<PendingSync>) -> Vec<(usize, (ResponseError, String))> {
+    let waits = syncs
+        .into_iter()
+        .map(|(index, partition, end_offset)| async move {
+            let synced = super::blocking(move || partition.sync_to_blocking(end_offset)).await;
+            let failure = match synced {
+                Ok(Ok(())) => return None,
+                Ok(Err(e)) => (ResponseError::KafkaStorageError, e.to_string()),
+                Err(e) => e,
+            };
+            Some((index, failure))
+        });
+    futures::future::join_all(waits)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The produce response for appended (or refused) partitions.
+fn respond(
+    version: i16,
+    topics: Vec<(TopicName, Uuid, Option<String>)>,
+    work: Vec<Work>,
+) -> Outcome {
     let mut response = ProduceResponse::default();
     let mut responses: Vec<TopicProduceResponse> = topics
         .into_iter()
@@ -164,16 +224,13 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
 }
 
 fn append_one(
-    broker: &Broker,
+    target: &Partition,
     topic: &str,
-    partition: i32,
     records: Option<Bytes>,
     now: i64,
     version: i16,
 ) -> Result<AppendInfo, (ResponseError, String)> {
-    let Some(target) = broker.replicas.get(topic, partition) else {
-        return Err((ResponseError::UnknownTopicOrPartition, String::new()));
-    };
+    let partition = target.tp.partition;
     let records = match records {
         Some(r) if !r.is_empty() => r,
         _ => {
@@ -183,7 +240,7 @@ fn append_one(
             ))
         }
     };
-    target.append_blocking(&records, now).map_err(|e| {
+    target.append_unsynced_blocking(&records, now).map_err(|e| {
         let mut code = ResponseError::try_from_code(e.kafka_error_code())
             .unwrap_or(ResponseError::UnknownServerError);
         // INVALID_RECORD exists from Produce v8; older clients know CORRUPT_MESSAGE.

@@ -12,13 +12,21 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::log::flush::PendingFlush;
 
 /// An index file of `N`-byte entries whose first field (the key) never decreases.
 #[derive(Debug)]
 pub(crate) struct IndexFile<const N: usize> {
     path: PathBuf,
-    file: File,
+    /// Shared with a [`PendingFlush`] so the fsync can run without the
+    /// partition lock.
+    file: Arc<File>,
     entries: u64,
+    /// Changed since the last flush was taken: a clean index is not fsynced
+    /// (on ext4 even a clean fsync costs a disk cache flush).
+    dirty: bool,
     entries_max: u64,
     last_entry: Option<[u8; N]>,
 }
@@ -40,8 +48,10 @@ impl<const N: usize> IndexFile<N> {
         }
         let mut index = Self {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             entries,
+            // What an earlier process wrote may still be only in the page cache.
+            dirty: true,
             entries_max: entries_max.max(1),
             last_entry: None,
         };
@@ -81,6 +91,7 @@ impl<const N: usize> IndexFile<N> {
 
     /// Appends an entry. Callers keep keys non-decreasing.
     pub(crate) fn append(&mut self, entry: [u8; N]) -> io::Result<()> {
+        self.dirty = true;
         self.file.write_all_at(&entry, self.entries * N as u64)?;
         self.entries += 1;
         self.last_entry = Some(entry);
@@ -121,6 +132,7 @@ impl<const N: usize> IndexFile<N> {
         if entries >= self.entries {
             return Ok(());
         }
+        self.dirty = true;
         self.file.set_len(entries * N as u64)?;
         self.entries = entries;
         self.last_entry = if entries > 0 {
@@ -133,6 +145,13 @@ impl<const N: usize> IndexFile<N> {
 
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Adds this file to `flush` if it changed since the last time.
+    pub(crate) fn take_unflushed(&mut self, flush: &mut PendingFlush) {
+        if std::mem::take(&mut self.dirty) {
+            flush.add(self.file.clone(), &self.path);
+        }
     }
 }
 

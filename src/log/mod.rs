@@ -18,6 +18,7 @@
 //! - `segment` — one segment: append, read, lookups, recovery, truncation
 //! - `producer_state` — idempotent producers: epochs, sequences, snapshots
 //! - `checkpoint` — atomically written metadata (log start offset)
+//! - `flush` — [`PendingFlush`]: a flush captured under the lock, synced without it
 //! - `partition_log` — [`PartitionLog`]: the whole partition
 //!
 //! Known limits: transactions are not tracked (no LSO/aborted-txn index),
@@ -29,6 +30,7 @@ pub mod batch;
 mod checkpoint;
 mod config;
 mod error;
+mod flush;
 mod index_file;
 mod offset_index;
 mod partition_log;
@@ -42,6 +44,7 @@ mod validator;
 pub use batch::TimestampType;
 pub use config::{LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 pub use error::{kafka_code, AppendError, LogError, ReadError};
+pub use flush::{FlushScope, PendingFlush};
 pub use partition_log::{AppendInfo, PartitionLog, ReadInfo, LOG_DIR_ENTRIES_MAX};
 pub use records::{find_record, DECOMPRESSED_BYTES_MAX};
 

@@ -165,6 +165,10 @@ impl OffsetIndex {
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync()
     }
+
+    pub(crate) fn take_unflushed(&mut self, flush: &mut crate::log::flush::PendingFlush) {
+        self.file.take_unflushed(flush);
+    }
 }
 
 #[cfg(test)]

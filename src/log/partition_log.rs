@@ -24,6 +24,7 @@ use crate::log::batch::{BatchHeader, BatchSummary, RecordBatchMut, TimestampType
 use crate::log::checkpoint::{read_log_start_offset, sync_dir, write_log_start_offset, TMP_SUFFIX};
 use crate::log::config::LogConfig;
 use crate::log::error::{AppendError, IoContext, LogError, ReadError};
+use crate::log::flush::{FlushScope, PendingFlush};
 use crate::log::producer_state::{
     snapshot_path, AppendOrigin, ProducerAppendInfo, ProducerStateManager, SnapshotError,
     SNAPSHOT_SUFFIX,
@@ -809,6 +810,28 @@ impl PartitionLog {
     pub fn flush(&self) -> Result<(), LogError> {
         self.ensure_online()?;
         self.active().flush()
+    }
+
+    /// Captures what a flush must fsync (the files changed since the last
+    /// capture) so that the caller can sync it after releasing the lock this
+    /// log sits behind. Whoever takes it must sync it, and call
+    /// [`mark_offline`](Self::mark_offline) if that fails.
+    pub fn take_unflushed(&mut self, scope: FlushScope) -> Result<PendingFlush, LogError> {
+        self.ensure_online()?;
+        let mut flush = PendingFlush::default();
+        // Only the active segment is appended to, but truncation can touch the
+        // one before it; checking a flag per segment is cheap.
+        for segment in &mut self.segments {
+            segment.take_unflushed(scope, &mut flush);
+        }
+        Ok(flush)
+    }
+
+    /// Takes the log offline after a failed fsync: memory says the data is
+    /// there, the disk may not have it (Kafka marks the log dir offline).
+    pub fn mark_offline(&mut self) {
+        warn!(dir = %self.dir.display(), "log taken offline after a failed flush");
+        self.offline = true;
     }
 
     /// Drops every record at or above `offset` (a batch holding `offset` goes

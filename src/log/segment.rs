@@ -12,6 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use tracing::{debug, warn};
@@ -19,6 +20,7 @@ use tracing::{debug, warn};
 use crate::log::batch::{BatchHeader, BatchSummary, RecordBatch, HEADER_BYTES, NO_TIMESTAMP};
 use crate::log::config::LogConfig;
 use crate::log::error::{IoContext, LogError};
+use crate::log::flush::{FlushScope, PendingFlush};
 use crate::log::offset_index::OffsetIndex;
 use crate::log::records::find_record;
 use crate::log::scanner::{
@@ -81,7 +83,10 @@ pub(crate) struct SegmentWriteError {
 pub(crate) struct LogSegment {
     base_offset: i64,
     log_path: PathBuf,
-    log_file: File,
+    /// Shared with a [`PendingFlush`] (the fsync runs without the partition lock).
+    log_file: Arc<File>,
+    /// Written or truncated since the last flush was captured.
+    log_dirty: bool,
     size_bytes: u64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
@@ -134,7 +139,9 @@ impl LogSegment {
         Ok(Self {
             base_offset,
             log_path,
-            log_file,
+            log_file: Arc::new(log_file),
+            // What an earlier process wrote may still be only in the page cache.
+            log_dirty: true,
             size_bytes,
             offset_index,
             time_index,
@@ -272,6 +279,7 @@ impl LogSegment {
             }
         }
         if valid_bytes < file_bytes {
+            self.log_dirty = true;
             self.log_file.set_len(valid_bytes).at(&self.log_path)?;
             self.size_bytes = valid_bytes;
         }
@@ -380,6 +388,7 @@ impl LogSegment {
         );
         debug_assert!(last.last_offset() - self.base_offset <= i32::MAX as i64);
         let position = self.size_bytes;
+        self.log_dirty = true;
         if let Err(source) = self.log_file.write_all_at(bytes, position) {
             // Undo a partial write so the file ends on a batch boundary again.
             let consistent = self.log_file.set_len(position).is_ok();
@@ -656,6 +665,7 @@ impl LogSegment {
             return Ok(());
         };
         let position = cut.position;
+        self.log_dirty = true;
         self.log_file.set_len(position).at(&self.log_path)?;
         self.size_bytes = position;
         self.next_offset = offset.min(cut.summary.base_offset);
@@ -715,7 +725,19 @@ impl LogSegment {
         self.flush()
     }
 
-    /// Makes the data and both indexes durable.
+    /// Captures the files changed since the last capture, to be fsynced
+    /// without the partition lock (see [`PendingFlush`]).
+    pub(crate) fn take_unflushed(&mut self, scope: FlushScope, flush: &mut PendingFlush) {
+        if std::mem::take(&mut self.log_dirty) {
+            flush.add(self.log_file.clone(), &self.log_path);
+        }
+        if scope == FlushScope::All {
+            self.offset_index.take_unflushed(flush);
+            self.time_index.take_unflushed(flush);
+        }
+    }
+
+    /// Makes the data and both indexes durable, now and unconditionally.
     pub(crate) fn flush(&self) -> Result<(), LogError> {
         self.log_file.sync_data().at(&self.log_path)?;
         self.offset_index.sync().at(self.offset_index.path())?;

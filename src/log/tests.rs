@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use crate::log::batch::test_batches::TestBatch;
 use crate::log::batch::{BatchHeader, Batches, RecordBatch, TimestampType};
-use crate::log::{AppendError, LogConfig, LogError, PartitionLog, ReadError};
+use crate::log::{AppendError, FlushScope, LogConfig, LogError, PartitionLog, ReadError};
 
 const NOW_MS: i64 = 1_000_000;
 
@@ -820,4 +820,44 @@ fn segment_rolls_when_its_index_is_full() {
 fn partition_log_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<PartitionLog>();
+}
+
+#[test]
+fn a_captured_flush_holds_only_files_changed_since_the_last_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    // A freshly opened log may hold an earlier process's unsynced writes.
+    assert!(!log.take_unflushed(FlushScope::All).unwrap().is_empty());
+    assert!(
+        log.take_unflushed(FlushScope::All).unwrap().is_empty(),
+        "nothing changed since the last capture"
+    );
+    // Past small_config's index.interval.bytes, so index entries are written.
+    for _ in 0..5 {
+        log.append(&batch(20), 0, NOW_MS).unwrap();
+    }
+    assert!(
+        !log.take_unflushed(FlushScope::Data).unwrap().is_empty(),
+        "an append makes the segment data dirty"
+    );
+    assert!(
+        log.take_unflushed(FlushScope::Data).unwrap().is_empty(),
+        "the data was captured"
+    );
+    // The indexes are still waiting for the periodic (All) flush.
+    let flush = log.take_unflushed(FlushScope::All).unwrap();
+    assert!(!flush.is_empty(), "the append wrote index entries");
+    // The sync works on the shared handles, without the log.
+    flush.sync().unwrap();
+    assert!(log.take_unflushed(FlushScope::All).unwrap().is_empty());
+    log.truncate_to(1).unwrap();
+    assert!(
+        !log.take_unflushed(FlushScope::All).unwrap().is_empty(),
+        "a truncation changes the files too"
+    );
+    log.mark_offline();
+    assert!(
+        log.take_unflushed(FlushScope::All).is_err(),
+        "an offline log refuses to flush"
+    );
 }

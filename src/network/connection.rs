@@ -8,6 +8,14 @@
 //! responses. Handling one at a time per connection is what Kafka does too, and
 //! it keeps the idempotent producer's pipelined batches in order.
 //!
+//! One refinement: a produce whose answer waits for an fsync
+//! ([`Outcome::Later`]) is already appended when its handler returns, so the
+//! next queued produce is appended while the first one's fsync runs, and one
+//! group commit covers both. The waiting answers form an ordered queue (at
+//! most the in-flight limit long) and are written in request order. Any other
+//! request first waits for that queue to empty, so it sees every earlier
+//! produce committed, exactly as if requests were handled one by one.
+//!
 //! Every size is checked before anything is allocated: a frame longer than
 //! `socket.request.max.bytes` closes the connection without being read.
 
@@ -16,8 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -66,46 +78,83 @@ pub async fn run(
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
 
     let result = async {
+        // Answers still waiting (produces' fsyncs), oldest first.
+        let mut waiting: FuturesOrdered<BoxFuture<'static, anyhow::Result<Option<Bytes>>>> =
+            FuturesOrdered::new();
         loop {
             let inbound = tokio::select! {
-                inbound = rx.recv() => inbound,
+                biased;
                 _ = shutdown.changed() => return Ok(()),
+                done = waiting.next(), if !waiting.is_empty() => {
+                    // `next` on a non-empty queue always yields an item.
+                    if let Some(frame) = done {
+                        write_frame(&mut writer, frame?).await?;
+                        if rx.is_empty() {
+                            writer.flush().await?;
+                        }
+                    }
+                    continue;
+                }
+                inbound = rx.recv(), if waiting.len() < limits.inflight_requests_max => inbound,
             };
             let Some(inbound) = inbound else {
-                // The reader ended: flush what we have and stop.
+                // The reader ended: answer what is in flight, flush, stop.
+                while let Some(frame) = waiting.next().await {
+                    write_frame(&mut writer, frame?).await?;
+                }
                 writer.flush().await?;
                 return Ok(());
             };
-            let frame = match inbound {
-                Inbound::Ready(frame) => Some(frame),
-                Inbound::Request(request) => {
-                    let span = tracing::debug_span!(
-                        "request",
-                        api = ?request.api_key,
-                        version = request.version,
-                        correlation_id = request.header.correlation_id,
-                        client_id = request.header.client_id.as_deref().unwrap_or(""),
-                    );
-                    let correlation_id = request.header.correlation_id;
-                    let api_key = request.api_key;
-                    let version = request.version;
-                    match apis.handle(*request, peer).instrument(span).await {
-                        Outcome::Respond(body) => Some(protocol::encode_response(
-                            correlation_id,
-                            api_key,
-                            version,
-                            &body,
-                        )?),
-                        Outcome::NoResponse => None,
-                        Outcome::Close(reason) => {
-                            writer.flush().await?;
-                            anyhow::bail!("closing connection: {reason}");
-                        }
+            let request = match inbound {
+                Inbound::Ready(frame) => {
+                    queue_or_write(&mut waiting, &mut writer, Some(frame)).await?;
+                    if rx.is_empty() {
+                        writer.flush().await?;
                     }
+                    continue;
+                }
+                Inbound::Request(request) => request,
+            };
+            if request.api_key != ApiKey::Produce {
+                // Everything but a produce runs after the earlier requests are done.
+                while let Some(frame) = waiting.next().await {
+                    write_frame(&mut writer, frame?).await?;
+                }
+            }
+            let span = tracing::debug_span!(
+                "request",
+                api = ?request.api_key,
+                version = request.version,
+                correlation_id = request.header.correlation_id,
+                client_id = request.header.client_id.as_deref().unwrap_or(""),
+            );
+            let correlation_id = request.header.correlation_id;
+            let api_key = request.api_key;
+            let version = request.version;
+            let encode = move |outcome: Outcome| -> anyhow::Result<Option<Bytes>> {
+                match outcome {
+                    Outcome::Respond(body) => Ok(Some(protocol::encode_response(
+                        correlation_id,
+                        api_key,
+                        version,
+                        &body,
+                    )?)),
+                    Outcome::NoResponse => Ok(None),
+                    Outcome::Close(reason) => anyhow::bail!("closing connection: {reason}"),
+                    Outcome::Later(_) => anyhow::bail!("a deferred answer deferred again"),
                 }
             };
-            if let Some(frame) = frame {
-                writer.write_all(&frame).await?;
+            match apis.handle(*request, peer).instrument(span).await {
+                Outcome::Later(answer) => waiting.push_back(answer.map(encode).boxed()),
+                Outcome::Close(reason) => {
+                    // Answer what came before, then close.
+                    while let Some(frame) = waiting.next().await {
+                        write_frame(&mut writer, frame?).await?;
+                    }
+                    writer.flush().await?;
+                    anyhow::bail!("closing connection: {reason}");
+                }
+                outcome => queue_or_write(&mut waiting, &mut writer, encode(outcome)?).await?,
             }
             // Batch writes: flush only when no further request is queued.
             if rx.is_empty() {
@@ -120,6 +169,31 @@ pub async fn run(
         return Err(e);
     }
     result
+}
+
+/// Writes a ready answer now, or behind the answers still waiting so that the
+/// order stays the request order.
+async fn queue_or_write(
+    waiting: &mut FuturesOrdered<BoxFuture<'static, anyhow::Result<Option<Bytes>>>>,
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    frame: Option<Bytes>,
+) -> anyhow::Result<()> {
+    if waiting.is_empty() {
+        write_frame(writer, frame).await
+    } else {
+        waiting.push_back(futures::future::ready(Ok(frame)).boxed());
+        Ok(())
+    }
+}
+
+async fn write_frame(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    frame: Option<Bytes>,
+) -> anyhow::Result<()> {
+    if let Some(frame) = frame {
+        writer.write_all(&frame).await?;
+    }
+    Ok(())
 }
 
 /// Reads and decodes frames into `tx` until EOF, a bad frame, or idleness.

@@ -11,6 +11,12 @@
 //! - On a single node the high watermark is the log end offset once the append
 //!   is durable by the configured policy. When partitions become Raft groups
 //!   it becomes the Raft commit point, and nothing above this module changes.
+//! - An fsync never runs under the log mutex: it is captured under it
+//!   ([`PendingFlush`]) and synced under a second, flush-only mutex. With
+//!   `--fsync always` that mutex is the group commit: appends that arrive
+//!   while one fsync runs are all covered by the next one, and an append
+//!   already covered by a finished fsync returns without its own. The high
+//!   watermark then advances to what the fsync covered.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +27,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{BrokerConfig, FsyncPolicy};
-use crate::log::{AppendError, AppendInfo, LogConfig, LogError, PartitionLog, ReadError, ReadInfo};
+use crate::log::{
+    AppendError, AppendInfo, FlushScope, LogConfig, LogError, PartitionLog, PendingFlush,
+    ReadError, ReadInfo,
+};
 
 /// Names one partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,6 +58,8 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: Uuid,
     log: Mutex<PartitionLog>,
+    /// Held while a captured flush is synced; never taken inside `log`.
+    flush: Mutex<()>,
     high_watermark: watch::Sender<i64>,
     leader_epoch: i32,
     fsync: FsyncPolicy,
@@ -68,22 +79,90 @@ impl Partition {
         self.high_watermark.subscribe()
     }
 
-    /// Appends a producer's batches. Blocking: call from a blocking thread.
+    /// Whether an acknowledgement must wait for [`sync_to_blocking`](Self::sync_to_blocking).
+    pub fn sync_before_ack(&self) -> bool {
+        self.fsync == FsyncPolicy::Always
+    }
+
+    /// Appends a producer's batches and makes them durable by the configured
+    /// policy before returning. Blocking: call from a blocking thread.
     pub fn append_blocking(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo, AppendError> {
+        let info = self.append_unsynced_blocking(records, now_ms)?;
+        if self.sync_before_ack() {
+            self.sync_to_blocking(info.last_offset + 1)?;
+        }
+        Ok(info)
+    }
+
+    /// Appends a producer's batches. With `--fsync interval` they are
+    /// committed (below the high watermark) on return; with `--fsync always`
+    /// only once [`sync_to_blocking`](Self::sync_to_blocking) has covered
+    /// them, which the caller arranges, so that the next append need not wait
+    /// for this one's fsync. Blocking.
+    pub fn append_unsynced_blocking(
+        &self,
+        records: &[u8],
+        now_ms: i64,
+    ) -> Result<AppendInfo, AppendError> {
         let mut log = self.log.lock();
         let info = log.append(records, self.leader_epoch, now_ms)?;
-        if self.fsync == FsyncPolicy::Always && !info.duplicate {
-            log.flush().map_err(AppendError::Storage)?;
-        }
         let end = log.log_end_offset();
         drop(log);
+        if !self.sync_before_ack() {
+            self.advance_high_watermark(end);
+        }
+        Ok(info)
+    }
+
+    /// Returns once everything below `end_offset` is durable (and committed).
+    /// Group commit: one fsync covers every append made before it started,
+    /// and a caller whose data a finished fsync covered returns without one.
+    /// Blocking.
+    pub fn sync_to_blocking(&self, end_offset: i64) -> Result<(), AppendError> {
+        if self.high_watermark() >= end_offset {
+            return Ok(());
+        }
+        let _flushing = self.flush.lock();
+        if self.high_watermark() >= end_offset {
+            return Ok(());
+        }
+        let (pending, end) = {
+            let mut log = self.log.lock();
+            (log.take_unflushed(FlushScope::Data)?, log.log_end_offset())
+        };
+        self.sync_captured(pending)?;
+        self.advance_high_watermark(end);
+        Ok(())
+    }
+
+    /// fsyncs a captured flush (holding `flush`), taking the log offline if it fails.
+    fn sync_captured(&self, pending: PendingFlush) -> Result<(), LogError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        pending.sync().inspect_err(|e| {
+            tracing::error!(partition = %self.tp.dir_name(), error = %e, "flush failed");
+            self.log.lock().mark_offline();
+        })
+    }
+
+    /// Flushes without holding the log lock through the fsync (the
+    /// `log.flush.interval.ms` task). Blocking.
+    pub fn flush_blocking(&self) -> Result<(), LogError> {
+        let _flushing = self.flush.lock();
+        let pending = self.log.lock().take_unflushed(FlushScope::All)?;
+        self.sync_captured(pending)
+    }
+
+    fn advance_high_watermark(&self, end: i64) {
         self.high_watermark.send_if_modified(|hw| {
-            let changed = *hw != end;
-            debug_assert!(end >= *hw, "the high watermark never goes back");
-            *hw = end;
+            // Concurrent group commits may finish out of order: keep the max.
+            let changed = end > *hw;
+            if changed {
+                *hw = end;
+            }
             changed
         });
-        Ok(info)
     }
 
     /// Reads committed batches from `offset`. Blocking.
@@ -166,6 +245,7 @@ impl ReplicaManager {
             tp: tp.clone(),
             topic_id,
             log: Mutex::new(log),
+            flush: Mutex::new(()),
             high_watermark: watch::Sender::new(end),
             leader_epoch: 0,
             fsync: self.fsync,
@@ -203,9 +283,9 @@ impl ReplicaManager {
     /// Flushes every partition (the `log.flush.interval.ms` task). Blocking.
     pub fn flush_all(&self) {
         for partition in self.all() {
-            if let Err(e) = partition.log.lock().flush() {
-                tracing::error!(partition = %partition.tp.dir_name(), error = %e, "flush failed");
-            }
+            // A failed fsync was logged and took that log offline; an offline
+            // log refuses the capture, which needs no second log line.
+            let _ = partition.flush_blocking();
         }
     }
 
@@ -234,5 +314,66 @@ impl ReplicaManager {
                 tracing::error!(partition = %partition.tp.dir_name(), error = %e, "flush at shutdown failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::batch::test_batches::TestBatch;
+
+    fn manager(fsync: FsyncPolicy, dir: &Path) -> ReplicaManager {
+        ReplicaManager {
+            dir: dir.to_path_buf(),
+            fsync,
+            partitions: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn open(manager: &ReplicaManager) -> Arc<Partition> {
+        manager
+            .open_partition(
+                TopicPartition::new("t", 0),
+                Uuid::new_v4(),
+                LogConfig::default(),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn with_fsync_always_the_high_watermark_waits_for_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let replicas = manager(FsyncPolicy::Always, dir.path());
+        let partition = open(&replicas);
+        let first = partition
+            .append_unsynced_blocking(&TestBatch::new(3).encode(), 0)
+            .unwrap();
+        let second = partition
+            .append_unsynced_blocking(&TestBatch::new(2).encode(), 0)
+            .unwrap();
+        assert_eq!(
+            partition.high_watermark(),
+            0,
+            "nothing is committed before its fsync"
+        );
+        assert_eq!(partition.log_end_offset(), 5);
+        // One sync for the first append covers the second too (group commit).
+        partition.sync_to_blocking(first.last_offset + 1).unwrap();
+        assert_eq!(partition.high_watermark(), second.last_offset + 1);
+        partition.sync_to_blocking(second.last_offset + 1).unwrap();
+        assert_eq!(partition.high_watermark(), 5);
+    }
+
+    #[test]
+    fn with_fsync_interval_an_append_is_committed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let replicas = manager(FsyncPolicy::Interval, dir.path());
+        let partition = open(&replicas);
+        partition
+            .append_unsynced_blocking(&TestBatch::new(4).encode(), 0)
+            .unwrap();
+        assert_eq!(partition.high_watermark(), 4);
+        partition.flush_blocking().unwrap();
+        assert_eq!(partition.high_watermark(), 4);
     }
 }
