@@ -189,7 +189,7 @@ def startup_section(res: dict) -> list[str]:
     return md + table(["metric", "Apache Kafka", "Fjord", "Fjord/Kafka"], rows)
 
 
-def targets_section(res: dict, data: dict) -> list[str]:
+def targets_section(res: dict, data: dict, repeats: dict) -> list[str]:
     rows = []
 
     def check(name, kv, fv, limit, higher_better, fmt):
@@ -211,8 +211,9 @@ def targets_section(res: dict, data: dict) -> list[str]:
             d = data.get((cfg, w["id"]), {})
             rate = next((r.get("rate") for r in res["runs"] if r["config"] == cfg and r["workload_id"] == w["id"]
                          and r.get("rate")), None)
+            reps = f", median of {w['repeats']} runs" if w.get("repeats", 1) > 1 else ""
             check(f"p99 send→ack ≤ 0.5× Kafka at the same fixed rate ({w['id']}, "
-                  f"{num(rate)} records/s), ms",
+                  f"{num(rate)} records/s{reps}), ms",
                   get(d.get("kafka"), "latency_ms", "send_ack", "p99"),
                   get(d.get("fjord"), "latency_ms", "send_ack", "p99"), 0.5, False, ms)
     st = res.get("startup", {})
@@ -235,12 +236,13 @@ def targets_section(res: dict, data: dict) -> list[str]:
     for s in SYS:
         lost = dup = 0
         for cfg, wid in planned:
-            x = data.get((cfg, wid), {}).get(s)
-            if x is None:
+            # Every repeat counts, not only the one shown.
+            runs = repeats.get((cfg, wid), {}).get(s) or []
+            if not runs:
                 failed += 1
                 continue
-            lost += x.get("lost") or 0
-            dup += x.get("duplicated") or 0
+            lost += sum(x.get("lost") or 0 for x in runs)
+            dup += sum(x.get("duplicated") or 0 for x in runs)
         for p in res.get("perf", []):
             if p["system"] == s and p["tool"] == "ConsumerPerformance" and p.get("records_consumed") is not None:
                 lost += max(0, p["records"] - p["records_consumed"])
@@ -261,6 +263,7 @@ def write_report(out: Path) -> Path:
     out = Path(out)
     res = json.loads((out / "results.json").read_text())
     data = plot.load_runs(out, res)
+    repeats = plot.load_repeats(out, res)
     try:
         plots = plot.plot_all(out, res)
     except Exception as e:  # noqa: BLE001 - the tables are worth having without plots
@@ -274,7 +277,7 @@ def write_report(out: Path) -> Path:
            f" ({num(res.get('elapsed_sec'))} s).", ""]
     fails = res.get("failures", [])
     md += [f"**{len(fails)} failure(s)** — see [Failures](#failures)." if fails else "All runs completed.", ""]
-    md += targets_section(res, data)
+    md += targets_section(res, data, repeats)
 
     md += ["## Machine", ""]
     md += table(["", ""], [
@@ -327,7 +330,11 @@ def write_report(out: Path) -> Path:
         md += [f"## Workloads, configuration {title}", "", ratio_note, ""]
         for w in ws:
             d = data.get((cfg, w["id"]), {})
-            recs = {r["system"]: r for r in res["runs"] if r["config"] == cfg and r["workload_id"] == w["id"]}
+            # The first repeat's bookkeeping (rate, errors) stands for the workload.
+            recs = {}
+            for r in res["runs"]:
+                if r["config"] == cfg and r["workload_id"] == w["id"]:
+                    recs.setdefault(r["system"], r)
             if not recs:
                 continue
             md += [f"### [{cfg}] `{w['id']}` — {w['title']}", ""]
@@ -340,11 +347,20 @@ def write_report(out: Path) -> Path:
                       + (f", fixed rate {num(rate)} records/s" if rate else ", as fast as possible")
                       + f", {w['duration_sec']:g} s measured after {w['warmup_sec']:g} s warm-up.")
             md += [params, ""]
-            md += table(["metric", "Apache Kafka", "Fjord", "Fjord/Kafka"],
-                        workload_rows(d.get("kafka"), d.get("fjord"), recs.get("kafka"), recs.get("fjord")))
-            for s in SYS:
-                if recs.get(s, {}).get("error"):
-                    md += [f"- {TITLE[s]}: {recs[s]['error']}"]
+            rows = workload_rows(d.get("kafka"), d.get("fjord"), recs.get("kafka"), recs.get("fjord"))
+            reps = repeats.get((cfg, w["id"]), {})
+            if w.get("repeats", 1) > 1:
+                md += [f"Run {w['repeats']} times; the columns show the repeat with the median send→ack p99, "
+                       "the last rows every repeat.", ""]
+                for name, fn in (("send→ack p99 of each repeat, ms", lambda r: ms(plot.p99_of(r))),
+                                 ("records/s of each repeat",
+                                  lambda r: num(get(r, "throughput", "records_per_sec")))):
+                    rows.append([name] + [", ".join(fn(r) for r in reps.get(sk, [])) or "–" for sk in SYS] + ["–"])
+            md += table(["metric", "Apache Kafka", "Fjord", "Fjord/Kafka"], rows)
+            for r in res["runs"]:
+                if r["config"] == cfg and r["workload_id"] == w["id"] and r.get("error"):
+                    rep = f" (repeat {r['repeat']})" if w.get("repeats", 1) > 1 else ""
+                    md += [f"- {TITLE[r['system']]}{rep}: {r['error']}"]
             if (cfg, w["id"]) in plots:
                 md += ["", f"![{cfg} {w['id']}]({plots[(cfg, w['id'])]})", ""]
 
@@ -354,7 +370,7 @@ def write_report(out: Path) -> Path:
     md += [f"- {f}" for f in fails] if fails else ["None."]
     md += ["", "## Files", "",
            "- `results.json`: everything above, with the exact command of every run.",
-           "- `runs/<system>-<config>-<workload>.json`: fjord-bench's raw output.",
+           "- `runs/<system>-<config>-<workload>[-r<repeat>].json`: fjord-bench's raw output.",
            "- `logs/`: the harness log, each run's output, the Java tools' output, the tail of each broker's log.",
            "- `plots/`: one PNG per workload.", ""]
     path = out / "report.md"
