@@ -103,22 +103,29 @@ async fn run_on_topic(
         .as_ref()
         .map(|m| consumer::client_config(args, m))
         .unwrap_or_default();
+    // What every consumer of this run shares; the rest is per consumer.
+    let consumer_setup = |index, config, membership, stop| ConsumerSetup {
+        index,
+        config,
+        topic: topic.name.clone(),
+        membership,
+        run_id,
+        checker: checker.clone(),
+        live: live.clone(),
+        positions: positions.clone(),
+        assignment: assignment.clone(),
+        start: run_start.clone(),
+        stop,
+    };
     let mut consumer_threads = Vec::new();
     if let Some(membership) = &group {
         for index in 0..args.consumers {
-            consumer_threads.push(spawn_consumer(ConsumerSetup {
+            consumer_threads.push(spawn_consumer(consumer_setup(
                 index,
-                config: consumer_config.clone(),
-                topic: topic.name.clone(),
-                membership: membership.clone(),
-                run_id,
-                checker: checker.clone(),
-                live: live.clone(),
-                positions: positions.clone(),
-                assignment: assignment.clone(),
-                start: run_start.clone(),
-                stop: consumers_stop.clone(),
-            })?);
+                consumer_config.clone(),
+                membership.clone(),
+                consumers_stop.clone(),
+            ))?);
         }
         let deadline = now_us() + args.assign_timeout_sec * 1_000_000;
         while !assignment.complete(topic.partitions, args.consumers) {
@@ -275,19 +282,8 @@ async fn run_on_topic(
             partitions: topic.partitions,
         };
         let readback_stop = Arc::new(AtomicBool::new(false));
-        let thread = spawn_consumer(ConsumerSetup {
-            index: 0,
-            config: consumer::client_config(args, &membership),
-            topic: topic.name.clone(),
-            membership,
-            run_id,
-            checker: checker.clone(),
-            live: live.clone(),
-            positions: positions.clone(),
-            assignment: assignment.clone(),
-            start: run_start.clone(),
-            stop: readback_stop.clone(),
-        })?;
+        let config = consumer::client_config(args, &membership);
+        let thread = spawn_consumer(consumer_setup(0, config, membership, readback_stop.clone()))?;
         verification_complete = drain(
             &positions,
             end_offsets.as_deref(),

@@ -56,6 +56,10 @@ impl Limits {
     }
 }
 
+/// Answers not yet written, oldest first: each resolves to its encoded frame
+/// (None for a request that gets no answer).
+type Waiting = FuturesOrdered<BoxFuture<'static, anyhow::Result<Option<Bytes>>>>;
+
 /// What the reader hands to the responder.
 enum Inbound {
     Request(Box<Request>),
@@ -79,8 +83,7 @@ pub async fn run(
 
     let result = async {
         // Answers still waiting (produces' fsyncs), oldest first.
-        let mut waiting: FuturesOrdered<BoxFuture<'static, anyhow::Result<Option<Bytes>>>> =
-            FuturesOrdered::new();
+        let mut waiting = Waiting::new();
         loop {
             let inbound = tokio::select! {
                 biased;
@@ -99,9 +102,7 @@ pub async fn run(
             };
             let Some(inbound) = inbound else {
                 // The reader ended: answer what is in flight, flush, stop.
-                while let Some(frame) = waiting.next().await {
-                    write_frame(&mut writer, frame?).await?;
-                }
+                write_waiting(&mut waiting, &mut writer).await?;
                 writer.flush().await?;
                 return Ok(());
             };
@@ -117,9 +118,7 @@ pub async fn run(
             };
             if request.api_key != ApiKey::Produce {
                 // Everything but a produce runs after the earlier requests are done.
-                while let Some(frame) = waiting.next().await {
-                    write_frame(&mut writer, frame?).await?;
-                }
+                write_waiting(&mut waiting, &mut writer).await?;
             }
             let span = tracing::debug_span!(
                 "request",
@@ -148,9 +147,7 @@ pub async fn run(
                 Outcome::Later(answer) => waiting.push_back(answer.map(encode).boxed()),
                 Outcome::Close(reason) => {
                     // Answer what came before, then close.
-                    while let Some(frame) = waiting.next().await {
-                        write_frame(&mut writer, frame?).await?;
-                    }
+                    write_waiting(&mut waiting, &mut writer).await?;
                     writer.flush().await?;
                     anyhow::bail!("closing connection: {reason}");
                 }
@@ -174,7 +171,7 @@ pub async fn run(
 /// Writes a ready answer now, or behind the answers still waiting so that the
 /// order stays the request order.
 async fn queue_or_write(
-    waiting: &mut FuturesOrdered<BoxFuture<'static, anyhow::Result<Option<Bytes>>>>,
+    waiting: &mut Waiting,
     writer: &mut BufWriter<OwnedWriteHalf>,
     frame: Option<Bytes>,
 ) -> anyhow::Result<()> {
@@ -184,6 +181,17 @@ async fn queue_or_write(
         waiting.push_back(futures::future::ready(Ok(frame)).boxed());
         Ok(())
     }
+}
+
+/// Waits for every answer still waiting and writes them, in order.
+async fn write_waiting(
+    waiting: &mut Waiting,
+    writer: &mut BufWriter<OwnedWriteHalf>,
+) -> anyhow::Result<()> {
+    while let Some(frame) = waiting.next().await {
+        write_frame(writer, frame?).await?;
+    }
+    Ok(())
 }
 
 async fn write_frame(
