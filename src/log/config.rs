@@ -41,7 +41,38 @@ pub struct LogConfig {
     pub message_timestamp_after_max_ms: i64,
     /// Forget an idle idempotent producer after this (`producer.id.expiration.ms`, 1 day).
     pub producer_id_expiration_ms: i64,
+    /// What the broker does to a produced batch's codec (`compression.type`, `producer`).
+    pub compression: BrokerCompression,
+    /// The topic's cleanup policy includes `compact`: every record needs a key.
+    pub compact: bool,
+    /// Largest decompressed record body accepted (`max.decompressed.message.bytes`).
+    pub max_decompressed_message_bytes: u32,
 }
+
+/// Kafka's `compression.type` topic config: keep the producer's codec, or
+/// store every batch with one codec (recompressing when they differ).
+///
+/// The level is part of the variant because Kafka's `compression.<codec>.level`
+/// only means something for the codec it names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BrokerCompression {
+    /// `producer`: store batches with the codec they arrived in (bytes in, bytes out).
+    #[default]
+    Producer,
+    /// `uncompressed`.
+    Uncompressed,
+    /// `gzip` at `compression.gzip.level` (-1 = the codec's default, else 1..=9).
+    Gzip { level: i32 },
+    /// `snappy` (no level).
+    Snappy,
+    /// `lz4` at `compression.lz4.level` (1..=17, Kafka's default 9).
+    Lz4 { level: i32 },
+    /// `zstd` at `compression.zstd.level` (-131072..=22, Kafka's default 3).
+    Zstd { level: i32 },
+}
+
+/// Kafka's default `max.decompressed.message.bytes` (`Integer.MAX_VALUE - 8`).
+pub const MAX_DECOMPRESSED_MESSAGE_BYTES_DEFAULT: u32 = 2_147_483_639;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -57,6 +88,9 @@ impl Default for LogConfig {
             message_timestamp_before_max_ms: i64::MAX,
             message_timestamp_after_max_ms: 60 * 60 * 1000,
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
+            compression: BrokerCompression::Producer,
+            compact: false,
+            max_decompressed_message_bytes: MAX_DECOMPRESSED_MESSAGE_BYTES_DEFAULT,
         }
     }
 }

@@ -42,7 +42,10 @@ mod time_index;
 mod validator;
 
 pub use batch::TimestampType;
-pub use config::{LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+pub use config::{
+    BrokerCompression, LogConfig, MAX_DECOMPRESSED_MESSAGE_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN,
+};
 pub use error::{kafka_code, AppendError, LogError, ReadError};
 pub use flush::{FlushScope, PendingFlush};
 pub use partition_log::{AppendInfo, PartitionLog, ReadInfo, LOG_DIR_ENTRIES_MAX};
