@@ -190,6 +190,11 @@ impl Broker {
         process.launch()
     }
 
+    /// The broker's `log.dirs`, if this handle owns the process.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.process.as_ref().map(BrokerProcess::data_dir)
+    }
+
     /// The last lines of the broker's output (empty for an external broker).
     pub fn log_tail(&self) -> String {
         self.process
