@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use kafka_protocol::error::ResponseError;
 
 use crate::config::BrokerConfig;
-use crate::log::{LogConfig, TimestampType};
+use crate::log::{
+    BrokerCompression, LogConfig, TimestampType, GZIP_LEVEL_DEFAULT, LZ4_LEVEL_DEFAULT,
+    ZSTD_LEVEL_DEFAULT,
+};
 
 /// A topic config key and the broker property its default comes from.
 struct Key {
@@ -76,11 +79,12 @@ const KEYS: &[Key] = &[
         broker_property: "min.insync.replicas",
         kind: Kind::OneOf(&["1"]),
     },
-    // Fjord keeps the producer's compression (bytes in, bytes out).
+    // `producer` keeps the producer's bytes; any other codec makes the
+    // broker rebuild batches that arrive with another one (Kafka's values).
     Key {
         name: "compression.type",
         broker_property: "compression.type",
-        kind: Kind::OneOf(&["producer"]),
+        kind: Kind::OneOf(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
     },
 ];
 
@@ -170,10 +174,18 @@ impl TopicConfigs {
         {
             log.message_timestamp_type = t;
         }
+        if let Some(compression) = configs
+            .get("compression.type")
+            .and_then(|v| broker_compression(v))
+        {
+            log.compression = compression;
+        }
         // A compact-only topic is never trimmed by time or size (Kafka's rule).
         let policy = configs
             .get("cleanup.policy")
             .unwrap_or(&broker.cleanup_policy);
+        // Compacted topics need a key on every record (checked at produce).
+        log.compact = policy.split(',').any(|p| p.trim() == "compact");
         if !policy.split(',').any(|p| p.trim() == "delete") {
             log.retention_ms = -1;
             log.retention_bytes = -1;
@@ -199,6 +211,26 @@ impl TopicConfigs {
     pub fn is_known(name: &str) -> bool {
         KEYS.iter().any(|k| k.name == name)
     }
+}
+
+/// Kafka's `compression.type` value as the log's setting, at the codecs'
+/// default `compression.<codec>.level`.
+fn broker_compression(value: &str) -> Option<BrokerCompression> {
+    Some(match value.trim() {
+        "producer" => BrokerCompression::Producer,
+        "uncompressed" => BrokerCompression::Uncompressed,
+        "gzip" => BrokerCompression::Gzip {
+            level: GZIP_LEVEL_DEFAULT,
+        },
+        "snappy" => BrokerCompression::Snappy,
+        "lz4" => BrokerCompression::Lz4 {
+            level: LZ4_LEVEL_DEFAULT,
+        },
+        "zstd" => BrokerCompression::Zstd {
+            level: ZSTD_LEVEL_DEFAULT,
+        },
+        _ => return None,
+    })
 }
 
 fn broker_default(broker: &BrokerConfig, property: &str) -> String {
@@ -266,5 +298,28 @@ mod tests {
         let log = TopicConfigs::log_config(&broker, &configs);
         assert_eq!(log.retention_ms, -1);
         assert_eq!(log.retention_bytes, -1);
+        assert!(log.compact);
+    }
+
+    #[test]
+    fn compression_type_maps_onto_the_log_codec() {
+        let broker = ConfigSources::new().build().expect("defaults");
+        for (value, expected) in [
+            ("producer", BrokerCompression::Producer),
+            ("uncompressed", BrokerCompression::Uncompressed),
+            ("gzip", BrokerCompression::Gzip { level: -1 }),
+            ("snappy", BrokerCompression::Snappy),
+            ("lz4", BrokerCompression::Lz4 { level: 9 }),
+            ("zstd", BrokerCompression::Zstd { level: 3 }),
+        ] {
+            assert!(TopicConfigs::validate("compression.type", value).is_ok());
+            let configs = BTreeMap::from([("compression.type".to_string(), value.to_string())]);
+            assert_eq!(
+                TopicConfigs::log_config(&broker, &configs).compression,
+                expected
+            );
+        }
+        assert!(TopicConfigs::validate("compression.type", "brotli").is_err());
+        assert!(!TopicConfigs::log_config(&broker, &BTreeMap::new()).compact);
     }
 }
