@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 use flate2::write::GzEncoder;
 
 use crate::log::batch::CompressionCodec;
