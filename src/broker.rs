@@ -409,9 +409,15 @@ impl Broker {
 
 /// A directory already at a new partition's path holds nobody's data (its
 /// topic is not registered): move it aside rather than adopt its records.
+/// Anything else at that path is refused: it is not ours to move.
 fn move_aside_leftover(dir: &std::path::Path) -> Result<(), String> {
-    if !dir.exists() {
-        return Ok(());
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot inspect {}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => {
+            return Err(format!("{} exists and is not a directory", dir.display()))
+        }
+        Ok(_) => {}
     }
     let aside = dir.with_file_name(format!(
         "{}.{}{STRAY_SUFFIX}",

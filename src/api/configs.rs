@@ -106,7 +106,8 @@ pub fn describe(
             let mut result = DescribeConfigsResult::default();
             result.resource_type = resource.resource_type;
             result.resource_name = resource.resource_name.clone();
-            result.error_message = None;
+            // Kafka 4.4 answers "" here on success (not null, as elsewhere).
+            result.error_message = Some(StrBytes::default());
             let wanted = |name: &str| {
                 resource
                     .configuration_keys

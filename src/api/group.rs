@@ -254,7 +254,8 @@ pub fn describe(
                 g.error_code = ResponseError::GroupIdNotFound.code();
                 g.error_message = Some(text(format!("Group {} not found.", group_id.as_str())));
             }
-            if version >= 3 {
+            // Kafka leaves an unknown (Dead) group's operations unset.
+            if version >= 3 && d.state != "Dead" {
                 g.authorized_operations = crate::api::admin::acl::when(
                     request.include_authorized_operations,
                     crate::api::admin::acl::GROUP_ALL,

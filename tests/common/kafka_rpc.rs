@@ -138,7 +138,8 @@ pub mod admin {
         let request = CreatePartitionsRequest::default()
             .with_topics(vec![CreatePartitionsTopic::default()
                 .with_name(topic_name(name))
-                .with_count(count)])
+                .with_count(count)
+                .with_assignments(None)])
             .with_timeout_ms(30_000);
         let response = conn.send(CREATE_PARTITIONS_VERSION, &request).await?;
         let r = response
