@@ -1229,6 +1229,43 @@ mod tests {
     }
 
     #[test]
+    fn every_default_passes_its_own_rule() {
+        for name in property_names() {
+            let value = default_value(name).unwrap_or("");
+            if let (Some(def), false) = (property(name), value.is_empty()) {
+                check_value(name, def.config_type, def.validator, value)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        ConfigSources::new().build().expect("defaults parse");
+    }
+
+    #[test]
+    fn kafkas_types_and_ranges_give_clear_startup_errors() {
+        for (k, v, why) in [
+            ("log.segment.bytes", "1024", "Value must be at least 1048576"),
+            ("message.max.bytes", "2147483648", "Not a number of type INT"),
+            ("compression.type", "brotli", "String must be one of"),
+            ("log.cleaner.min.cleanable.ratio", "2", "between 0 and 1"),
+            ("log.preallocate", "maybe", "true or false"),
+            ("max.broker.partitions", "0", "at least 1"),
+        ] {
+            let mut sources = ConfigSources::new();
+            sources.set(k, v).expect("known key");
+            let err = format!("{:#}", sources.build().expect_err(k));
+            assert!(err.contains(k) && err.contains(why), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn explicit_values_are_told_apart_from_defaults() {
+        let mut sources = ConfigSources::new();
+        sources.set("log.retention.hours", "5").expect("known");
+        let explicit: Vec<_> = sources.explicit().collect();
+        assert_eq!(explicit, vec![("log.retention.hours", "5")]);
+    }
+
+    #[test]
     fn bad_values_are_errors_not_panics() {
         for (k, v) in [
             ("num.partitions", "zero"),
