@@ -1243,8 +1243,16 @@ mod tests {
     #[test]
     fn kafkas_types_and_ranges_give_clear_startup_errors() {
         for (k, v, why) in [
-            ("log.segment.bytes", "1024", "Value must be at least 1048576"),
-            ("message.max.bytes", "2147483648", "Not a number of type INT"),
+            (
+                "log.segment.bytes",
+                "1024",
+                "Value must be at least 1048576",
+            ),
+            (
+                "message.max.bytes",
+                "2147483648",
+                "Not a number of type INT",
+            ),
             ("compression.type", "brotli", "String must be one of"),
             ("log.cleaner.min.cleanable.ratio", "2", "between 0 and 1"),
             ("log.preallocate", "maybe", "true or false"),

@@ -91,7 +91,9 @@ fn parse_dir_name(name: &str) -> Option<(&str, i32)> {
 }
 
 /// Moves every stray partition directory aside (see the module doc) and
-/// returns how many it moved. Blocking; run before partitions are opened.
+/// returns how many it moved; a member directory without the file (from an
+/// older Fjord) gets one, so that it is protected from now on. Blocking; run
+/// before partitions are opened.
 pub fn move_stray_partition_dirs(log_dir: &Path, topics: &[TopicMeta]) -> std::io::Result<usize> {
     let by_name: BTreeMap<&str, &TopicMeta> = topics.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut moved = 0;
@@ -119,7 +121,11 @@ pub fn move_stray_partition_dirs(log_dir: &Path, topics: &[TopicMeta]) -> std::i
                     kafka_uuid_string(&id),
                     kafka_uuid_string(&meta.id)
                 )),
-                Ok(_) => None,
+                Ok(Some(_)) => None,
+                Ok(None) => {
+                    write_partition_metadata(&dir, meta.id)?;
+                    None
+                }
                 Err(e) => Some(format!("its {PARTITION_METADATA_FILE} is unreadable: {e}")),
             },
         };
