@@ -13,6 +13,7 @@
 
 #![allow(dead_code)] // Each test file uses a different subset of the harness.
 
+pub mod kafka_rpc;
 pub mod produce_stream;
 pub mod raw;
 
@@ -188,6 +189,11 @@ impl Broker {
             process.stop()?;
         }
         process.launch()
+    }
+
+    /// The broker's data directory (`--log-dirs`), if this handle owns a process.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.process.as_ref().map(|p| p.data_dir())
     }
 
     /// The last lines of the broker's output (empty for an external broker).
