@@ -3,7 +3,8 @@
 //! The first byte picks the topic's settings (cleanup policy, the broker's
 //! `compression.type`, the timestamp type); the rest is the `records` field of
 //! one partition of a Produce request, exactly as a client would send it. The
-//! batch goes through the same append the Produce handler uses, on a log in a
+//! batch goes through the same validation and append the Produce handler
+//! uses (`validate_produce` then `append_validated`), on a log in a
 //! temporary directory (on tmpfs when available, so the fuzzer is not bound by
 //! the disk).
 //!
@@ -17,7 +18,7 @@ use std::cell::RefCell;
 use libfuzzer_sys::fuzz_target;
 
 use fjord::log::batch::{Batches, RecordBatch};
-use fjord::log::{BrokerCompression, LogConfig, PartitionLog, TimestampType};
+use fjord::log::{validate_produce, BrokerCompression, LogConfig, PartitionLog, TimestampType};
 
 /// Appends before the log is thrown away and opened afresh, so it never grows large.
 const APPENDS_PER_LOG: u32 = 1_000;
@@ -125,7 +126,11 @@ fuzz_target!(|data: &[u8]| {
         };
         scratch.appends += 1;
         let before = scratch.log.log_end_offset();
-        match scratch.log.append(records, 0, NOW_MS) {
+        // The Produce path: every check without the partition lock, then the append.
+        let config = scratch.log.config().clone();
+        let appended = validate_produce(records, &config, NOW_MS)
+            .and_then(|validated| scratch.log.append_validated(validated, 0, NOW_MS));
+        match appended {
             Ok(info) => {
                 if info.duplicate {
                     assert_eq!(scratch.log.log_end_offset(), before);

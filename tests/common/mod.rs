@@ -13,6 +13,7 @@
 
 #![allow(dead_code)] // Each test file uses a different subset of the harness.
 
+pub mod kafka_rpc;
 pub mod produce_stream;
 pub mod raw;
 
@@ -190,9 +191,9 @@ impl Broker {
         process.launch()
     }
 
-    /// The broker's `log.dirs`, if this handle owns the process.
+    /// The broker's data directory (`--log-dirs`), if this handle owns a process.
     pub fn data_dir(&self) -> Option<PathBuf> {
-        self.process.as_ref().map(BrokerProcess::data_dir)
+        self.process.as_ref().map(|p| p.data_dir())
     }
 
     /// The last lines of the broker's output (empty for an external broker).
