@@ -67,13 +67,21 @@ fn check_reads_back(log: &PartitionLog) {
     let Ok(read) = log.read(start, 8 << 20, end, true) else {
         return; // damage found on read is reported as an error, not a panic
     };
+    // Recovery validates every batch of the active segment (the only one a
+    // crash can tear: a segment is fsynced when it is sealed). A sealed
+    // segment with a plausible index is loaded without reading its data, as
+    // Kafka loads segments below its recovery point, so damage inside one is
+    // not recovery's to find (consumers check CRCs).
+    let active_base = log.segment_base_offsets().last().copied().unwrap_or(0);
     let mut next = start;
     for item in Batches::new(&read.records) {
         let Ok((_, batch)) = item else { return };
-        assert!(
-            batch.validate_crc().is_ok(),
-            "recovery kept a batch with a bad CRC"
-        );
+        if batch.header().base_offset() >= active_base {
+            assert!(
+                batch.validate_crc().is_ok(),
+                "recovery kept a batch with a bad CRC in the active segment"
+            );
+        }
         let header = batch.header();
         assert!(header.last_offset() >= next, "offsets only grow");
         assert!(
