@@ -139,12 +139,13 @@ fn topic_response(broker: &Broker, version: i16, topic: &TopicMeta) -> MetadataR
             p.partition_index = index;
             p.leader_id = node;
             match broker.replicas.get(&topic.name, index) {
-                Some(partition) => {
+                // An offline log has no leader until it is reopened.
+                Some(partition) if !partition.is_offline() => {
                     if version >= 7 {
                         p.leader_epoch = partition.leader_epoch();
                     }
                 }
-                None => {
+                _ => {
                     p.error_code = ResponseError::LeaderNotAvailable.code();
                     p.leader_id = BrokerId(-1);
                 }

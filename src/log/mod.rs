@@ -14,6 +14,7 @@
 //! - `error` — [`LogError`], [`AppendError`], [`ReadError`] with Kafka error codes
 //! - `validator` — produce-time checks before anything is written
 //! - `index_file`, `offset_index`, `time_index` — the sparse indexes
+//! - [`file_cache`] — the process-wide cache of segment file descriptors
 //! - `scanner` — bounded sequential walks over a segment's batches
 //! - `segment` — one segment: append, read, lookups, recovery, truncation
 //! - `producer_state` — idempotent producers: epochs, sequences, snapshots
@@ -30,6 +31,7 @@ pub mod batch;
 mod checkpoint;
 mod config;
 mod error;
+pub mod file_cache;
 mod flush;
 mod index_file;
 mod offset_index;

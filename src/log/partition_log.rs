@@ -11,7 +11,12 @@
 //! new one exists, so after a crash only the active segment can be torn, and
 //! open() validates every batch of it (and of any segment with a damaged
 //! index). Any I/O failure that leaves memory and disk out of step takes the
-//! log offline until it is reopened, as Kafka takes a log directory offline.
+//! log offline until it is reopened, as Kafka takes a log directory offline;
+//! the replica layer reopens it in the background (recovery runs again).
+//! Running out of file descriptors is not such a failure: every step that
+//! changes files pins its descriptors before changing anything, so an
+//! EMFILE/ENFILE fails the request (KAFKA_STORAGE_ERROR, retriable) and
+//! leaves the log online.
 
 use std::fs;
 use std::io;
@@ -24,6 +29,7 @@ use crate::log::batch::{BatchHeader, BatchSummary, RecordBatchMut, TimestampType
 use crate::log::checkpoint::{read_log_start_offset, sync_dir, write_log_start_offset, TMP_SUFFIX};
 use crate::log::config::LogConfig;
 use crate::log::error::{AppendError, IoContext, LogError, ReadError};
+use crate::log::file_cache::is_descriptor_exhaustion;
 use crate::log::flush::{FlushScope, PendingFlush};
 use crate::log::producer_state::{
     snapshot_path, AppendOrigin, ProducerAppendInfo, ProducerStateManager, SnapshotError,
@@ -308,11 +314,16 @@ impl PartitionLog {
     }
 
     /// Runs a step whose failure may leave disk and memory apart; on failure
-    /// the log goes offline.
+    /// the log goes offline, unless the step only failed to get a file
+    /// descriptor (then it changed nothing: see the module doc).
     fn or_offline<T>(&mut self, result: Result<T, LogError>) -> Result<T, LogError> {
         if let Err(error) = &result {
-            warn!(dir = %self.dir.display(), %error, "log going offline");
-            self.offline = true;
+            if is_descriptor_exhaustion(error) {
+                warn!(dir = %self.dir.display(), %error, "out of file descriptors; the request fails, the log stays online");
+            } else {
+                warn!(dir = %self.dir.display(), %error, "log going offline");
+                self.offline = true;
+            }
         }
         result
     }
