@@ -12,7 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::KafkaApis;
-use crate::cluster::{ClusterMetadata, TopicConfigs, TopicMeta};
+use crate::cluster::auto_create::AutoCreateRate;
+use crate::cluster::broker_config::{self, CLUSTER_DEFAULT};
+use crate::cluster::partition_dirs::{self, STRAY_SUFFIX};
+use crate::cluster::{
+    BrokerLayers, ClusterMetadata, TopicConfigs, TopicMeta, TOPIC_PARTITIONS_MAX,
+};
 use crate::config::{BrokerConfig, ConfigSources};
 use crate::coordinator::group_coordinator::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::producer_id::ProducerIdManager;
@@ -27,6 +32,8 @@ pub struct Broker {
     pub replicas: ReplicaManager,
     pub producer_ids: ProducerIdManager,
     pub groups: Arc<GroupCoordinator>,
+    /// The shared budget for topics auto-created by Metadata.
+    pub auto_create_rate: AutoCreateRate,
 }
 
 /// A Kafka error with its message, as handlers pass them around.
@@ -42,6 +49,7 @@ impl Broker {
         let producer_ids = ProducerIdManager::open(&config.log_dirs)?;
         let groups = Arc::new(GroupCoordinator::new(&config));
         let broker = Broker {
+            auto_create_rate: AutoCreateRate::new(config.auto_create_topics_max_per_second),
             config,
             config_sources,
             metadata,
@@ -49,6 +57,7 @@ impl Broker {
             producer_ids,
             groups,
         };
+        broker.check_stored_state()?;
         for topic in broker.metadata.topics() {
             let log_config = broker.log_config(&topic);
             for partition in 0..topic.partitions {
@@ -78,47 +87,179 @@ impl Broker {
             "segment.bytes".to_string(),
             self.config.offsets_topic_segment_bytes.to_string(),
         );
-        let topic = self
-            .metadata
-            .create_topic(
-                OFFSETS_TOPIC,
-                self.config.offsets_topic_num_partitions,
-                configs,
-                true,
-            )
-            .map_err(|(code, message)| {
-                anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}")
-            })?;
-        self.open_partitions(&topic, 0).map_err(|(code, message)| {
+        self.create_topic_as(
+            OFFSETS_TOPIC,
+            self.config.offsets_topic_num_partitions,
+            configs,
+            true,
+        )
+        .map_err(|(code, message)| {
             anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}")
         })?;
         Ok(())
     }
 
-    /// A topic's effective log settings.
-    pub fn log_config(&self, topic: &TopicMeta) -> LogConfig {
-        TopicConfigs::log_config(&self.config, &topic.configs)
+    /// Startup checks of what is stored, before any partition is opened:
+    /// stray partition directories are moved aside, and stored dynamic
+    /// broker configs that today's rules reject are reported (and ignored).
+    fn check_stored_state(&self) -> anyhow::Result<()> {
+        partition_dirs::move_stray_partition_dirs(&self.config.log_dirs, &self.metadata.topics())
+            .map_err(|e| {
+            anyhow::anyhow!(
+                "scanning {} for stray partitions: {e}",
+                self.config.log_dirs.display()
+            )
+        })?;
+        for resource in [CLUSTER_DEFAULT.to_string(), self.config.node_id.to_string()] {
+            for (key, value, why) in
+                broker_config::rejected(&self.metadata.broker_configs(&resource))
+            {
+                tracing::warn!(
+                    resource,
+                    key,
+                    value,
+                    why,
+                    "ignoring stored dynamic broker config"
+                );
+            }
+        }
+        Ok(())
     }
 
-    /// Creates a topic and its partitions' logs. Blocking.
+    /// This node's broker properties, static and dynamic.
+    pub fn layers(&self) -> BrokerLayers {
+        BrokerLayers::new(
+            &self.config_sources,
+            &self.metadata.broker_configs(CLUSTER_DEFAULT),
+            &self
+                .metadata
+                .broker_configs(&self.config.node_id.to_string()),
+        )
+    }
+
+    /// A topic's effective log settings.
+    pub fn log_config(&self, topic: &TopicMeta) -> LogConfig {
+        TopicConfigs::log_config(&self.layers(), &topic.name, &topic.configs)
+    }
+
+    /// Creates a topic and its partitions' logs, all or nothing: the topic is
+    /// registered only after every partition's log exists; on any failure
+    /// the logs just created are deleted and nothing is registered. Blocking.
     pub fn create_topic(
         &self,
         name: &str,
         partitions: i32,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta, KafkaError> {
-        self.metadata.validate_new_topic(name, partitions)?;
-        TopicConfigs::validate_all(&configs)?;
-        let topic = self
-            .metadata
-            .create_topic(name, partitions, configs, false)?;
-        self.open_partitions(&topic, 0)?;
+        self.create_topic_as(name, partitions, configs, false)
+    }
+
+    fn create_topic_as(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        internal: bool,
+    ) -> Result<TopicMeta, KafkaError> {
+        let _changes = self.metadata.lock_changes();
+        self.check_new_topic(name, partitions, &configs)?;
+        let topic = TopicMeta {
+            name: name.to_string(),
+            id: uuid::Uuid::new_v4(),
+            partitions,
+            configs,
+            internal,
+        };
+        self.create_logs(&topic, 0)?;
+        if let Err(e) = self.metadata.register_topic(topic.clone()) {
+            self.remove_logs(&topic, 0);
+            return Err(e);
+        }
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
 
-    /// Deletes a topic and its data. Blocking.
+    /// Everything CreateTopics checks before it touches the disk.
+    pub fn check_new_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), KafkaError> {
+        self.metadata.validate_new_topic(name, partitions)?;
+        TopicConfigs::validate_all(configs)?;
+        self.check_partition_budget(i64::from(partitions))
+    }
+
+    /// `max.broker.partitions`: refuses `adding` more partitions when the
+    /// broker would then host more than the limit.
+    pub fn check_partition_budget(&self, adding: i64) -> Result<(), KafkaError> {
+        let hosted = self.metadata.partition_count_total();
+        let limit = self.config.max_broker_partitions;
+        if hosted + adding > limit {
+            return Err((
+                ResponseError::PolicyViolation,
+                format!("Cannot add {adding} partitions: this broker hosts {hosted} and max.broker.partitions is {limit}."),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates the logs of partitions `from..` of `topic`, each with its
+    /// `partition.metadata`. On failure removes the ones it created.
+    fn create_logs(&self, topic: &TopicMeta, from: i32) -> Result<(), KafkaError> {
+        let log_config = self.log_config(topic);
+        for partition in from..topic.partitions {
+            let tp = TopicPartition::new(&topic.name, partition);
+            let dir = self.replicas.log_dir().join(tp.dir_name());
+            let created = move_aside_leftover(&dir)
+                .and_then(|()| {
+                    self.replicas
+                        .open_partition(tp, topic.id, log_config.clone())
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|_| {
+                    partition_dirs::write_partition_metadata(&dir, topic.id)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = created {
+                tracing::error!(topic = %topic.name, partition, error = %e, "creating a partition failed; undoing the creation");
+                self.remove_logs(
+                    &TopicMeta {
+                        partitions: partition + 1,
+                        ..topic.clone()
+                    },
+                    from,
+                );
+                return Err((
+                    ResponseError::KafkaStorageError,
+                    format!(
+                        "Cannot create partition {}-{partition}: {e}. Nothing was created.",
+                        topic.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the logs of partitions `from..` of `topic` (undo of [`create_logs`]).
+    fn remove_logs(&self, topic: &TopicMeta, from: i32) {
+        for partition in from..topic.partitions {
+            if let Err(e) = self
+                .replicas
+                .delete_partition(&TopicPartition::new(&topic.name, partition))
+            {
+                tracing::error!(topic = %topic.name, partition, error = %e, "removing a partition's log failed");
+            }
+        }
+    }
+
+    /// Deletes a topic and its data. The metadata goes first: a crash before
+    /// the data is gone leaves stray directories, which the next start moves
+    /// aside. Blocking.
     pub fn delete_topic(&self, name: &str) -> Result<TopicMeta, KafkaError> {
+        let _changes = self.metadata.lock_changes();
         let topic = self.metadata.delete_topic(name)?;
         for partition in 0..topic.partitions {
             if let Err(e) = self
@@ -132,15 +273,89 @@ impl Broker {
         Ok(topic)
     }
 
-    /// Grows a topic to `count` partitions. Blocking.
-    pub fn add_partitions(&self, name: &str, count: i32) -> Result<TopicMeta, KafkaError> {
+    /// Everything CreatePartitions checks before it touches the disk;
+    /// returns the topic as it is now.
+    pub fn check_add_partitions(&self, name: &str, count: i32) -> Result<TopicMeta, KafkaError> {
         let before = self.metadata.topic(name).ok_or((
             ResponseError::UnknownTopicOrPartition,
-            format!("Topic '{name}' does not exist."),
+            format!("The topic '{name}' does not exist."),
         ))?;
-        let topic = self.metadata.set_partition_count(name, count)?;
-        self.open_partitions(&topic, before.partitions)?;
-        Ok(topic)
+        if before.internal {
+            // Groups are placed by hash % partition count: growing the
+            // offsets topic would move every group's coordinator partition.
+            return Err((
+                ResponseError::InvalidTopicException,
+                format!("Cannot add partitions to internal topic {name}: its partition count is offsets.topic.num.partitions."),
+            ));
+        }
+        if count <= before.partitions {
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!(
+                    "Topic currently has {} partitions, which is higher than the requested {count}.",
+                    before.partitions
+                ),
+            ));
+        }
+        if count > TOPIC_PARTITIONS_MAX {
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("Number of partitions must be at most {TOPIC_PARTITIONS_MAX}."),
+            ));
+        }
+        self.check_partition_budget(i64::from(count - before.partitions))?;
+        Ok(before)
+    }
+
+    /// Grows a topic to `count` partitions, all or nothing (like
+    /// [`Broker::create_topic`]). Blocking.
+    pub fn add_partitions(&self, name: &str, count: i32) -> Result<TopicMeta, KafkaError> {
+        let _changes = self.metadata.lock_changes();
+        let before = self.check_add_partitions(name, count)?;
+        let grown = TopicMeta {
+            partitions: count,
+            ..before.clone()
+        };
+        self.create_logs(&grown, before.partitions)?;
+        match self.metadata.set_partition_count(name, count) {
+            Ok(topic) => Ok(topic),
+            Err(e) => {
+                self.remove_logs(&grown, before.partitions);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `next` may replace `topic`'s configs: valid, and for an
+    /// internal topic nothing that would break it.
+    pub fn check_topic_configs(
+        &self,
+        topic: &TopicMeta,
+        next: &BTreeMap<String, String>,
+    ) -> Result<(), KafkaError> {
+        TopicConfigs::validate_all(next)?;
+        if topic.internal {
+            // The coordinator relies on compaction semantics and on writing
+            // its records whole; refuse what could break either.
+            for (key, why) in [
+                ("cleanup.policy", "it must stay compact"),
+                (
+                    "max.message.bytes",
+                    "the group coordinator's records must always fit",
+                ),
+            ] {
+                if topic.configs.get(key) != next.get(key) {
+                    return Err((
+                        ResponseError::InvalidConfig,
+                        format!(
+                            "Cannot change {key} of internal topic {}: {why}.",
+                            topic.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Replaces a topic's configs and applies them to its open logs. Blocking.
@@ -149,29 +364,40 @@ impl Broker {
         name: &str,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta, KafkaError> {
-        TopicConfigs::validate_all(&configs)?;
+        let _changes = self.metadata.lock_changes();
+        let before = self.metadata.topic(name).ok_or((
+            ResponseError::UnknownTopicOrPartition,
+            format!("Topic '{name}' does not exist."),
+        ))?;
+        self.check_topic_configs(&before, &configs)?;
         let topic = self.metadata.set_topic_configs(name, configs)?;
-        let log_config = self.log_config(&topic);
-        for partition in 0..topic.partitions {
-            if let Some(p) = self.replicas.get(name, partition) {
-                p.set_config(log_config.clone());
-            }
-        }
+        self.apply_log_config(&topic);
         Ok(topic)
     }
 
-    fn open_partitions(&self, topic: &TopicMeta, from: i32) -> Result<(), KafkaError> {
-        let log_config = self.log_config(topic);
-        for partition in from..topic.partitions {
-            self.replicas
-                .open_partition(
-                    TopicPartition::new(&topic.name, partition),
-                    topic.id,
-                    log_config.clone(),
-                )
-                .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
+    /// Replaces the dynamic broker configs of one AlterConfigs resource name
+    /// (`""` or this node's id; validated by the caller), persists them and
+    /// applies them live to every open partition. Blocking.
+    pub fn set_broker_configs(
+        &self,
+        resource_name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), KafkaError> {
+        let _changes = self.metadata.lock_changes();
+        self.metadata.set_broker_configs(resource_name, configs)?;
+        for topic in self.metadata.topics() {
+            self.apply_log_config(&topic);
         }
         Ok(())
+    }
+
+    fn apply_log_config(&self, topic: &TopicMeta) {
+        let log_config = self.log_config(topic);
+        for partition in 0..topic.partitions {
+            if let Some(p) = self.replicas.get(&topic.name, partition) {
+                p.set_config(log_config.clone());
+            }
+        }
     }
 
     /// The advertised address of this node (first advertised listener).
@@ -179,6 +405,29 @@ impl Broker {
         let l = &self.config.advertised_listeners[0];
         (l.host.as_str(), i32::from(l.port))
     }
+}
+
+/// A directory already at a new partition's path holds nobody's data (its
+/// topic is not registered): move it aside rather than adopt its records.
+/// Anything else at that path is refused: it is not ours to move.
+fn move_aside_leftover(dir: &std::path::Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot inspect {}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => {
+            return Err(format!("{} exists and is not a directory", dir.display()))
+        }
+        Ok(_) => {}
+    }
+    let aside = dir.with_file_name(format!(
+        "{}.{}{STRAY_SUFFIX}",
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("partition"),
+        uuid::Uuid::new_v4().simple()
+    ));
+    tracing::warn!(dir = %dir.display(), moved_to = %aside.display(), "leftover directory at a new partition's path moved aside");
+    std::fs::rename(dir, &aside).map_err(|e| format!("cannot move {} aside: {e}", dir.display()))
 }
 
 /// Runs a broker until `shutdown` fires, then closes every log cleanly.

@@ -104,6 +104,14 @@ pub struct BrokerConfig {
     pub rack: Option<String>,
     /// Resource limits: request memory and segment file descriptors.
     pub resources: ResourceLimits,
+    /// Broker-wide cap on partitions (`max.broker.partitions`, KIP-578's name).
+    pub max_broker_partitions: i64,
+    /// Topics one Metadata request may auto-create (`auto.create.topics.max.per.request`).
+    pub auto_create_topics_max_per_request: usize,
+    /// Topics Metadata may auto-create per second (`auto.create.topics.max.per.second`).
+    pub auto_create_topics_max_per_second: u32,
+    /// Cap on a DescribeTopicPartitions page (`max.request.partition.size.limit`).
+    pub max_request_partition_size_limit: i32,
 }
 
 /// Bounds on the memory requests may hold and on the descriptors segment
@@ -180,6 +188,36 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("connection.max.inflight.bytes", "16777216"),
     // Fjord: segment file descriptors kept open; 0 = derived from RLIMIT_NOFILE.
     ("log.open.files.max", "0"),
+    // Topic-config defaults (each is the broker synonym of a topic config).
+    ("log.index.size.max.bytes", "10485760"),
+    ("log.message.timestamp.before.max.ms", "9223372036854775807"),
+    ("log.message.timestamp.after.max.ms", "3600000"),
+    ("compression.type", "producer"),
+    ("compression.gzip.level", "-1"),
+    ("compression.lz4.level", "9"),
+    ("compression.zstd.level", "3"),
+    ("log.flush.interval.messages", "9223372036854775807"),
+    ("log.flush.scheduler.interval.ms", "9223372036854775807"),
+    ("log.cleaner.delete.retention.ms", "86400000"),
+    ("log.cleaner.min.compaction.lag.ms", "0"),
+    ("log.cleaner.max.compaction.lag.ms", "9223372036854775807"),
+    ("log.cleaner.min.cleanable.ratio", "0.5"),
+    ("log.segment.delete.delay.ms", "60000"),
+    ("log.preallocate", "false"),
+    ("log.roll.jitter.ms", ""),
+    ("log.roll.jitter.hours", "0"),
+    ("log.local.retention.ms", "-2"),
+    ("log.local.retention.bytes", "-2"),
+    ("log.remote.copy.lag.ms", "0"),
+    ("log.remote.copy.lag.bytes", "-1"),
+    ("min.insync.replicas", "1"),
+    ("max.decompressed.message.bytes", "2147483639"),
+    ("unclean.leader.election.enable", "false"),
+    // Limits on topic creation (Fjord; names follow KIP-578 where it has one).
+    ("max.broker.partitions", "20000"),
+    ("auto.create.topics.max.per.request", "100"),
+    ("auto.create.topics.max.per.second", "100"),
+    ("max.request.partition.size.limit", "2000"),
 ];
 
 /// Properties Kafka has that Fjord accepts and ignores because they have no
@@ -204,6 +242,9 @@ const ACCEPTED_IGNORED: &[&str] = &[
 #[derive(Default, Debug, Clone)]
 pub struct ConfigSources {
     values: BTreeMap<String, String>,
+    /// Keys set by a source (file, environment, flag, override) rather than
+    /// left at their default: DescribeConfigs reports them as STATIC_BROKER_CONFIG.
+    explicit: std::collections::BTreeSet<String>,
 }
 
 impl ConfigSources {
@@ -213,7 +254,10 @@ impl ConfigSources {
         for (k, v) in DEFAULTS {
             values.insert((*k).to_string(), (*v).to_string());
         }
-        ConfigSources { values }
+        ConfigSources {
+            values,
+            explicit: Default::default(),
+        }
     }
 
     /// Sets one property, rejecting names Fjord does not know.
@@ -221,6 +265,7 @@ impl ConfigSources {
         let key = key.trim();
         if DEFAULTS.iter().any(|(k, _)| *k == key) {
             self.values.insert(key.to_string(), value.into());
+            self.explicit.insert(key.to_string());
             Ok(())
         } else if ACCEPTED_IGNORED.contains(&key) {
             Ok(())
@@ -285,6 +330,17 @@ impl ConfigSources {
 
     /// Parses and checks every property.
     pub fn build(&self) -> Result<BrokerConfig> {
+        // Kafka's type and range for every property that has a definition;
+        // the checks below add the rules that span properties.
+        for (key, value) in &self.values {
+            if value.trim().is_empty() {
+                continue;
+            }
+            if let Some(def) = property(key) {
+                check_value(key, def.config_type, def.validator, value)
+                    .map_err(|reason| anyhow!("property {key}={value:?}: {reason}"))?;
+            }
+        }
         let listeners = parse_listeners(self.get("listeners"))?;
         if listeners.is_empty() {
             bail!("listeners must name at least one PLAINTEXT://host:port");
@@ -321,9 +377,6 @@ impl ConfigSources {
             message_timestamp_type: timestamp_type,
             ..LogConfig::default()
         };
-        if log.segment_bytes < 14 {
-            bail!("log.segment.bytes must be at least 14");
-        }
         let fsync = match self.get("log.fsync") {
             "interval" => FsyncPolicy::Interval,
             "always" => FsyncPolicy::Always,
@@ -381,6 +434,10 @@ impl ConfigSources {
             },
             rack: Some(self.get("broker.rack").to_string()).filter(|r| !r.is_empty()),
             resources: self.resource_limits()?,
+            max_broker_partitions: self.num("max.broker.partitions")?,
+            auto_create_topics_max_per_request: self.num("auto.create.topics.max.per.request")?,
+            auto_create_topics_max_per_second: self.num("auto.create.topics.max.per.second")?,
+            max_request_partition_size_limit: self.num("max.request.partition.size.limit")?,
         };
         if !(1..=crate::cluster::TOPIC_PARTITIONS_MAX)
             .contains(&config.offsets_topic_num_partitions)
@@ -436,7 +493,700 @@ impl ConfigSources {
     pub fn effective(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+
+    /// The properties a source set explicitly (Kafka's STATIC_BROKER_CONFIG),
+    /// with their values; empty values mean "unset".
+    pub fn explicit(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.explicit
+            .iter()
+            .filter_map(|k| Some((k.as_str(), self.values.get(k)?.as_str())))
+            .filter(|(_, v)| !v.trim().is_empty())
+    }
+
+    /// A copy with `overrides` layered on top (dynamic broker configs), so
+    /// that the result parses exactly as if they had been set at startup.
+    pub fn with_overrides<'a>(
+        &self,
+        overrides: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Result<ConfigSources> {
+        let mut layered = self.clone();
+        for (k, v) in overrides {
+            layered.set(k, v.clone())?;
+        }
+        Ok(layered)
+    }
 }
+
+/// Every property Fjord knows, in the default table's order.
+pub fn property_names() -> impl Iterator<Item = &'static str> {
+    DEFAULTS.iter().map(|(k, _)| *k)
+}
+
+/// The built-in default of a property ("" = none, Kafka's null).
+pub fn default_value(key: &str) -> Option<&'static str> {
+    DEFAULTS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// Kafka's ConfigEntry types, as DescribeConfigs v3+ reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Short = 4,
+    Long = 5,
+    Double = 6,
+    List = 7,
+    Class = 8,
+    Password = 9,
+}
+
+impl ConfigType {
+    pub fn id(self) -> i8 {
+        self as i8
+    }
+}
+
+/// The range or value set a config must fall in, beyond its type. One type
+/// serves broker properties and topic configs, so a topic config and its
+/// broker synonym can never disagree on what is valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validator {
+    /// Any value of the type.
+    Any,
+    /// A number no smaller than this (the type gives the ceiling).
+    AtLeast(i64),
+    /// A number in `[min, max]`.
+    Between(i64, i64),
+    /// A number in `[min, max]`, or -1 ("the codec's default").
+    BetweenOrMinusOne(i64, i64),
+    /// A double in `[0, 1]`.
+    Ratio,
+    /// One of these strings (case-sensitive, as Kafka's ValidString).
+    OneOf(&'static [&'static str]),
+    /// A comma-separated list whose items are each one of these.
+    ListOf(&'static [&'static str]),
+    /// `*`, or a list of `partitionId:brokerId` (the throttled-replica lists).
+    ThrottledReplicas,
+}
+
+/// Checks `value` against a config's type and validator. The error is the
+/// whole of Kafka's message: "Invalid value X for configuration Y: reason".
+pub fn check_value(
+    name: &str,
+    config_type: ConfigType,
+    validator: Validator,
+    value: &str,
+) -> std::result::Result<(), String> {
+    let invalid = |reason: String| {
+        Err(format!(
+            "Invalid value {value} for configuration {name}: {reason}"
+        ))
+    };
+    let v = value.trim();
+    let number: Option<i64> = match config_type {
+        ConfigType::Int => match v.parse::<i32>() {
+            Ok(n) => Some(i64::from(n)),
+            Err(_) => return invalid("Not a number of type INT".into()),
+        },
+        ConfigType::Short => match v.parse::<i16>() {
+            Ok(n) => Some(i64::from(n)),
+            Err(_) => return invalid("Not a number of type SHORT".into()),
+        },
+        ConfigType::Long => match v.parse::<i64>() {
+            Ok(n) => Some(n),
+            Err(_) => return invalid("Not a number of type LONG".into()),
+        },
+        ConfigType::Double => match v.parse::<f64>() {
+            Ok(d) if d.is_finite() => {
+                if validator == Validator::Ratio && !(0.0..=1.0).contains(&d) {
+                    return invalid("Value must be between 0 and 1".into());
+                }
+                None
+            }
+            _ => return invalid("Not a number of type DOUBLE".into()),
+        },
+        ConfigType::Boolean => {
+            if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
+                None
+            } else {
+                return invalid("Expected value to be either true or false".into());
+            }
+        }
+        _ => None,
+    };
+    match (validator, number) {
+        (Validator::AtLeast(min), Some(n)) if n < min => {
+            invalid(format!("Value must be at least {min}"))
+        }
+        (Validator::Between(min, _), Some(n)) if n < min => {
+            invalid(format!("Value must be at least {min}"))
+        }
+        (Validator::Between(_, max), Some(n)) if n > max => {
+            invalid(format!("Value must be no more than {max}"))
+        }
+        (Validator::BetweenOrMinusOne(min, max), Some(n))
+            if n != -1 && !(min..=max).contains(&n) =>
+        {
+            invalid(format!("Value must be -1 or between {min} and {max}"))
+        }
+        (Validator::OneOf(allowed), _) if !allowed.contains(&v) => {
+            invalid(format!("String must be one of: {}", allowed.join(", ")))
+        }
+        (Validator::ListOf(allowed), _) => {
+            let items: Vec<&str> = v.split(',').map(str::trim).collect();
+            if v.is_empty() || items.iter().any(|i| !allowed.contains(i)) {
+                invalid(format!("String must be one of: {}", allowed.join(", ")))
+            } else {
+                Ok(())
+            }
+        }
+        (Validator::ThrottledReplicas, _) => {
+            let ok = v == "*"
+                || v.is_empty()
+                || v.split(',').map(str::trim).all(|item| {
+                    item.split_once(':')
+                        .is_some_and(|(p, b)| p.parse::<u32>().is_ok() && b.parse::<u32>().is_ok())
+                });
+            if ok {
+                Ok(())
+            } else {
+                invalid(format!("{name} must be the literal '*' or a list of replicas in the following format: [partitionId]:[brokerId],[partitionId]:[brokerId],..."))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How Kafka lets a broker property change at runtime (its "update mode").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateMode {
+    ReadOnly,
+    PerBroker,
+    ClusterWide,
+}
+
+/// One broker property: Kafka's type, range and update mode (Fjord's own
+/// rules for Fjord's own properties), and a line of documentation.
+#[derive(Clone, Copy, Debug)]
+pub struct PropertyDef {
+    pub name: &'static str,
+    pub config_type: ConfigType,
+    pub validator: Validator,
+    pub update_mode: UpdateMode,
+    pub doc: &'static str,
+}
+
+/// The definition of a broker property, if it has one. A property in
+/// [`DEFAULTS`] without a definition is a string parsed by `build` alone.
+pub fn property(name: &str) -> Option<&'static PropertyDef> {
+    PROPERTIES.iter().find(|p| p.name == name)
+}
+
+const fn def(
+    name: &'static str,
+    config_type: ConfigType,
+    validator: Validator,
+    update_mode: UpdateMode,
+    doc: &'static str,
+) -> PropertyDef {
+    PropertyDef {
+        name,
+        config_type,
+        validator,
+        update_mode,
+        doc,
+    }
+}
+
+use ConfigType as T;
+use UpdateMode::{ClusterWide as CW, PerBroker as PB, ReadOnly as RO};
+use Validator as V;
+
+/// Kafka's `cleanup.policy` values.
+pub const CLEANUP_POLICIES: &[&str] = &["compact", "delete"];
+/// Kafka's `compression.type` values.
+pub const COMPRESSION_TYPES: &[&str] =
+    &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
+/// Kafka's `message.timestamp.type` values.
+pub const TIMESTAMP_TYPES: &[&str] = &["CreateTime", "LogAppendTime"];
+
+/// Types and ranges of the broker properties (Kafka 4.4's, except where a
+/// comment says why Fjord is stricter), one entry per property.
+const PROPERTIES: &[PropertyDef] = &[
+    def(
+        "node.id",
+        T::Int,
+        V::AtLeast(0),
+        RO,
+        "This node's id in the cluster.",
+    ),
+    def(
+        "listeners",
+        T::List,
+        V::Any,
+        PB,
+        "Addresses the broker listens on for Kafka clients.",
+    ),
+    def(
+        "advertised.listeners",
+        T::List,
+        V::Any,
+        RO,
+        "Addresses given to clients; the listeners when empty.",
+    ),
+    def(
+        "log.dirs",
+        T::List,
+        V::Any,
+        RO,
+        "Directory holding the partitions and the metadata (Fjord uses the first).",
+    ),
+    def(
+        "num.partitions",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "Partition count of topics created without one.",
+    ),
+    def(
+        "default.replication.factor",
+        T::Short,
+        V::Any,
+        RO,
+        "Replication factor of topics created without one.",
+    ),
+    def(
+        "auto.create.topics.enable",
+        T::Boolean,
+        V::Any,
+        RO,
+        "Whether Metadata requests create unknown topics.",
+    ),
+    def(
+        "delete.topic.enable",
+        T::Boolean,
+        V::Any,
+        RO,
+        "Whether DeleteTopics is allowed.",
+    ),
+    def(
+        "log.retention.ms",
+        T::Long,
+        V::Any,
+        CW,
+        "Default time a record is kept; -1 keeps forever.",
+    ),
+    def(
+        "log.retention.minutes",
+        T::Int,
+        V::Any,
+        RO,
+        "Default retention in minutes, used when log.retention.ms is unset.",
+    ),
+    def(
+        "log.retention.hours",
+        T::Int,
+        V::Any,
+        RO,
+        "Default retention in hours, used when the ms and minutes forms are unset.",
+    ),
+    def(
+        "log.retention.bytes",
+        T::Long,
+        V::Any,
+        CW,
+        "Default size a partition may grow to before old segments go; -1 = unlimited.",
+    ),
+    def(
+        "log.segment.bytes",
+        T::Int,
+        V::AtLeast(1_048_576),
+        CW,
+        "Default size at which a segment is rolled.",
+    ),
+    def(
+        "log.roll.ms",
+        T::Long,
+        V::Any,
+        CW,
+        "Default age at which a segment is rolled.",
+    ),
+    def(
+        "log.roll.hours",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "Default roll age in hours, used when log.roll.ms is unset.",
+    ),
+    def(
+        "log.index.interval.bytes",
+        T::Int,
+        V::AtLeast(0),
+        CW,
+        "Default bytes between offset-index entries.",
+    ),
+    def(
+        "message.max.bytes",
+        T::Int,
+        V::AtLeast(0),
+        CW,
+        "Default largest record batch a topic accepts.",
+    ),
+    def(
+        "log.message.timestamp.type",
+        T::String,
+        V::OneOf(TIMESTAMP_TYPES),
+        CW,
+        "Default of who stamps records: the producer or the broker.",
+    ),
+    def(
+        "log.cleanup.policy",
+        T::List,
+        V::ListOf(CLEANUP_POLICIES),
+        CW,
+        "Default cleanup policy: delete old segments, compact, or both.",
+    ),
+    def(
+        "log.fsync",
+        T::String,
+        V::OneOf(&["interval", "always"]),
+        RO,
+        "Fjord: flush on an interval (Kafka-like) or before every acknowledgement.",
+    ),
+    // Fjord's flush task runs on this period, so it must be a real number.
+    def(
+        "log.flush.interval.ms",
+        T::Long,
+        V::AtLeast(0),
+        CW,
+        "How often buffered log data is flushed to disk.",
+    ),
+    def(
+        "log.retention.check.interval.ms",
+        T::Long,
+        V::AtLeast(1),
+        RO,
+        "How often retention runs.",
+    ),
+    def(
+        "socket.request.max.bytes",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "Largest request frame accepted.",
+    ),
+    def(
+        "max.connections",
+        T::Int,
+        V::AtLeast(0),
+        CW,
+        "Most client connections at once.",
+    ),
+    def(
+        "connection.max.inflight.requests",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "Fjord: requests read ahead per connection.",
+    ),
+    def(
+        "connections.max.idle.ms",
+        T::Long,
+        V::Any,
+        RO,
+        "Idle connections are closed after this.",
+    ),
+    def(
+        "fetch.max.bytes",
+        T::Int,
+        V::AtLeast(1024),
+        RO,
+        "Largest fetch response.",
+    ),
+    def(
+        "fetch.max.wait.ms.max",
+        T::Long,
+        V::AtLeast(0),
+        RO,
+        "Fjord: cap on a fetch's long-poll wait.",
+    ),
+    def(
+        "produce.max.timeout.ms",
+        T::Long,
+        V::AtLeast(0),
+        RO,
+        "Fjord: cap on a produce request's timeout.",
+    ),
+    def(
+        "offsets.topic.num.partitions",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "Partition count of __consumer_offsets (fixed once created).",
+    ),
+    // Stricter than Kafka's [1,...]: the value becomes the offsets topic's
+    // segment.bytes, whose floor is 1048576.
+    def(
+        "offsets.topic.segment.bytes",
+        T::Int,
+        V::AtLeast(1_048_576),
+        RO,
+        "segment.bytes of __consumer_offsets.",
+    ),
+    def(
+        "offsets.retention.minutes",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "How long committed offsets of an empty group are kept.",
+    ),
+    def(
+        "offsets.retention.check.interval.ms",
+        T::Long,
+        V::AtLeast(1),
+        RO,
+        "How often expired offsets are removed.",
+    ),
+    def(
+        "offset.metadata.max.bytes",
+        T::Int,
+        V::Any,
+        RO,
+        "Largest metadata string of a committed offset.",
+    ),
+    def(
+        "group.min.session.timeout.ms",
+        T::Int,
+        V::Any,
+        RO,
+        "Smallest session timeout a group member may ask for.",
+    ),
+    def(
+        "group.max.session.timeout.ms",
+        T::Int,
+        V::Any,
+        RO,
+        "Largest session timeout a group member may ask for.",
+    ),
+    def(
+        "group.initial.rebalance.delay.ms",
+        T::Int,
+        V::Any,
+        RO,
+        "How long a new group waits for more members before its first rebalance.",
+    ),
+    def(
+        "group.max.size",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "Most members a group may have.",
+    ),
+    def(
+        "broker.rack",
+        T::String,
+        V::Any,
+        RO,
+        "This broker's rack, for rack-aware placement.",
+    ),
+    def(
+        "log.index.size.max.bytes",
+        T::Int,
+        V::AtLeast(4),
+        CW,
+        "Default largest offset/time index file; a full index rolls the segment.",
+    ),
+    def(
+        "log.message.timestamp.before.max.ms",
+        T::Long,
+        V::AtLeast(0),
+        CW,
+        "Default of how far in the past a CreateTime timestamp may be.",
+    ),
+    def(
+        "log.message.timestamp.after.max.ms",
+        T::Long,
+        V::AtLeast(0),
+        CW,
+        "Default of how far in the future a CreateTime timestamp may be.",
+    ),
+    def(
+        "compression.type",
+        T::String,
+        V::OneOf(COMPRESSION_TYPES),
+        CW,
+        "Default codec batches are stored in; producer keeps the producer's.",
+    ),
+    def(
+        "compression.gzip.level",
+        T::Int,
+        V::BetweenOrMinusOne(1, 9),
+        CW,
+        "Default gzip level when the broker compresses.",
+    ),
+    def(
+        "compression.lz4.level",
+        T::Int,
+        V::Between(1, 17),
+        CW,
+        "Default lz4 level when the broker compresses.",
+    ),
+    def(
+        "compression.zstd.level",
+        T::Int,
+        V::Between(-131_072, 22),
+        CW,
+        "Default zstd level when the broker compresses.",
+    ),
+    def(
+        "log.flush.interval.messages",
+        T::Long,
+        V::AtLeast(1),
+        CW,
+        "Default count of messages after which a partition is flushed.",
+    ),
+    def(
+        "log.flush.scheduler.interval.ms",
+        T::Long,
+        V::Any,
+        RO,
+        "How often the flusher checks for logs to flush (Kafka).",
+    ),
+    def(
+        "log.cleaner.delete.retention.ms",
+        T::Long,
+        V::AtLeast(0),
+        CW,
+        "Default time tombstones are kept in compacted topics.",
+    ),
+    def(
+        "log.cleaner.min.compaction.lag.ms",
+        T::Long,
+        V::AtLeast(0),
+        CW,
+        "Default minimum age before a record may be compacted.",
+    ),
+    def(
+        "log.cleaner.max.compaction.lag.ms",
+        T::Long,
+        V::AtLeast(1),
+        CW,
+        "Default maximum age before a record must be compacted.",
+    ),
+    def(
+        "log.cleaner.min.cleanable.ratio",
+        T::Double,
+        V::Ratio,
+        CW,
+        "Default share of dirty log that triggers compaction.",
+    ),
+    def(
+        "log.segment.delete.delay.ms",
+        T::Long,
+        V::AtLeast(0),
+        CW,
+        "Default wait before a deleted segment's files are removed.",
+    ),
+    def(
+        "log.preallocate",
+        T::Boolean,
+        V::Any,
+        CW,
+        "Default of whether segment files are preallocated.",
+    ),
+    def(
+        "log.roll.jitter.ms",
+        T::Long,
+        V::Any,
+        CW,
+        "Default random jitter subtracted from the roll age.",
+    ),
+    def(
+        "log.roll.jitter.hours",
+        T::Int,
+        V::AtLeast(0),
+        RO,
+        "Roll jitter in hours, used when log.roll.jitter.ms is unset.",
+    ),
+    def(
+        "log.local.retention.ms",
+        T::Long,
+        V::AtLeast(-2),
+        CW,
+        "Default local retention with tiered storage; -2 = retention.ms.",
+    ),
+    def(
+        "log.local.retention.bytes",
+        T::Long,
+        V::AtLeast(-2),
+        CW,
+        "Default local size limit with tiered storage; -2 = retention.bytes.",
+    ),
+    def(
+        "log.remote.copy.lag.ms",
+        T::Long,
+        V::AtLeast(-1),
+        CW,
+        "Default delay before a segment is copied to tiered storage.",
+    ),
+    def(
+        "log.remote.copy.lag.bytes",
+        T::Long,
+        V::AtLeast(-1),
+        CW,
+        "Default bytes held back before copying to tiered storage.",
+    ),
+    def(
+        "min.insync.replicas",
+        T::Int,
+        V::AtLeast(1),
+        CW,
+        "Default replicas that must hold an acks=all write.",
+    ),
+    def(
+        "max.decompressed.message.bytes",
+        T::Int,
+        V::Between(1, 2_147_483_639),
+        CW,
+        "Default largest decompressed size of a batch.",
+    ),
+    def(
+        "unclean.leader.election.enable",
+        T::Boolean,
+        V::Any,
+        CW,
+        "Default of whether an out-of-sync replica may become leader.",
+    ),
+    def(
+        "max.broker.partitions",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "Fjord (KIP-578's name): most partitions this broker hosts.",
+    ),
+    def(
+        "auto.create.topics.max.per.request",
+        T::Int,
+        V::AtLeast(0),
+        RO,
+        "Fjord: most topics one Metadata request may auto-create.",
+    ),
+    def(
+        "auto.create.topics.max.per.second",
+        T::Int,
+        V::AtLeast(0),
+        RO,
+        "Fjord: most topics Metadata requests may auto-create per second.",
+    ),
+    def(
+        "max.request.partition.size.limit",
+        T::Int,
+        V::AtLeast(1),
+        RO,
+        "Most partitions one DescribeTopicPartitions answer holds.",
+    ),
+];
 
 fn parse_listeners(text: &str) -> Result<Vec<Listener>> {
     text.split(',')
@@ -494,14 +1244,14 @@ mod tests {
         let mut sources = ConfigSources::new();
         sources
             .load_env(vec![
-                ("FJORD_LOG_SEGMENT_BYTES".to_string(), "4096".to_string()),
+                ("FJORD_LOG_SEGMENT_BYTES".to_string(), "2097152".to_string()),
                 ("FJORD_NUM_PARTITIONS".to_string(), "3".to_string()),
                 ("FJORD_BOOTSTRAP_SERVER".to_string(), "x:1".to_string()),
                 ("PATH".to_string(), "/bin".to_string()),
             ])
             .expect("env applies");
         let config = sources.build().expect("parses");
-        assert_eq!(config.log.segment_bytes, 4096);
+        assert_eq!(config.log.segment_bytes, 2_097_152);
         assert_eq!(config.num_partitions, 3);
     }
 
@@ -532,6 +1282,51 @@ mod tests {
         let mut sources = ConfigSources::new();
         sources.set("log.retention.ms", "1234").expect("known");
         assert_eq!(sources.build().expect("parses").log.retention_ms, 1234);
+    }
+
+    #[test]
+    fn every_default_passes_its_own_rule() {
+        for name in property_names() {
+            let value = default_value(name).unwrap_or("");
+            if let (Some(def), false) = (property(name), value.is_empty()) {
+                check_value(name, def.config_type, def.validator, value)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        ConfigSources::new().build().expect("defaults parse");
+    }
+
+    #[test]
+    fn kafkas_types_and_ranges_give_clear_startup_errors() {
+        for (k, v, why) in [
+            (
+                "log.segment.bytes",
+                "1024",
+                "Value must be at least 1048576",
+            ),
+            (
+                "message.max.bytes",
+                "2147483648",
+                "Not a number of type INT",
+            ),
+            ("compression.type", "brotli", "String must be one of"),
+            ("log.cleaner.min.cleanable.ratio", "2", "between 0 and 1"),
+            ("log.preallocate", "maybe", "true or false"),
+            ("max.broker.partitions", "0", "at least 1"),
+        ] {
+            let mut sources = ConfigSources::new();
+            sources.set(k, v).expect("known key");
+            let err = format!("{:#}", sources.build().expect_err(k));
+            assert!(err.contains(k) && err.contains(why), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn explicit_values_are_told_apart_from_defaults() {
+        let mut sources = ConfigSources::new();
+        sources.set("log.retention.hours", "5").expect("known");
+        let explicit: Vec<_> = sources.explicit().collect();
+        assert_eq!(explicit, vec![("log.retention.hours", "5")]);
     }
 
     #[test]

@@ -16,4 +16,5 @@ pub mod coordinator;
 pub mod log;
 pub mod network;
 pub mod protocol;
+pub mod raft;
 pub mod replica;

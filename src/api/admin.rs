@@ -29,10 +29,65 @@ use uuid::Uuid;
 use crate::broker::{Broker, KafkaError};
 use crate::cluster::TopicConfigs;
 
-/// Kafka's DescribeConfigs/CreateTopics config source for a topic's own value.
-const SOURCE_TOPIC: i8 = 1;
-/// ... and for a value inherited from the broker's static config.
-const SOURCE_BROKER_DEFAULT: i8 = 5;
+/// Kafka's AclOperation codes, as bits of an authorized-operations field.
+pub mod acl {
+    pub const READ: i32 = 3;
+    pub const WRITE: i32 = 4;
+    pub const CREATE: i32 = 5;
+    pub const DELETE: i32 = 6;
+    pub const ALTER: i32 = 7;
+    pub const DESCRIBE: i32 = 8;
+    pub const CLUSTER_ACTION: i32 = 9;
+    pub const DESCRIBE_CONFIGS: i32 = 10;
+    pub const ALTER_CONFIGS: i32 = 11;
+    pub const IDEMPOTENT_WRITE: i32 = 12;
+
+    const fn bits(ops: &[i32]) -> i32 {
+        let mut out = 0;
+        let mut i = 0;
+        while i < ops.len() {
+            out |= 1 << ops[i];
+            i += 1;
+        }
+        out
+    }
+
+    /// Kafka's "not requested" marker for an authorized-operations field.
+    pub const NOT_REQUESTED: i32 = i32::MIN;
+    /// Every operation Kafka supports on a topic (`AclEntry.supportedOperations`):
+    /// without an authorizer, a client may do all of them.
+    pub const TOPIC_ALL: i32 = bits(&[
+        READ,
+        WRITE,
+        CREATE,
+        DELETE,
+        ALTER,
+        DESCRIBE,
+        DESCRIBE_CONFIGS,
+        ALTER_CONFIGS,
+    ]);
+    /// Every operation Kafka supports on the cluster.
+    pub const CLUSTER_ALL: i32 = bits(&[
+        CREATE,
+        ALTER,
+        DESCRIBE,
+        CLUSTER_ACTION,
+        DESCRIBE_CONFIGS,
+        ALTER_CONFIGS,
+        IDEMPOTENT_WRITE,
+    ]);
+    /// Every operation Kafka 4.4 supports on a group (KIP-848 added the config ones).
+    pub const GROUP_ALL: i32 = bits(&[READ, DESCRIBE, DELETE, DESCRIBE_CONFIGS, ALTER_CONFIGS]);
+
+    /// The field's value: all operations when asked, else Kafka's marker.
+    pub fn when(asked: bool, all: i32) -> i32 {
+        if asked {
+            all
+        } else {
+            NOT_REQUESTED
+        }
+    }
+}
 
 fn message(text: String) -> Option<StrBytes> {
     Some(StrBytes::from_string(text))
@@ -107,8 +162,7 @@ fn check_new_topic(
         };
         configs.insert(c.name.to_string(), value.to_string());
     }
-    broker.metadata.validate_new_topic(&name, partitions)?;
-    TopicConfigs::validate_all(&configs)?;
+    broker.check_new_topic(&name, partitions, &configs)?;
     Ok(NewTopic {
         name,
         partitions,
@@ -141,6 +195,8 @@ pub async fn create_topics(
             .map(|topic| {
                 let mut r = CreatableTopicResult::default();
                 r.name = topic.name.clone();
+                // Kafka sends null on success; some clients read "" as an error.
+                r.error_message = None;
                 let outcome = if duplicates.contains(topic.name.as_str()) {
                     Err((
                         ResponseError::InvalidRequest,
@@ -162,17 +218,15 @@ pub async fn create_topics(
                             r.num_partitions = new.partitions;
                             r.replication_factor = new.replication_factor;
                             r.configs = Some(
-                                TopicConfigs::describe(&b.config, &new.configs)
+                                TopicConfigs::describe(&b.layers(), &new.configs)
                                     .into_iter()
-                                    .map(|(name, value, own)| {
+                                    .map(|e| {
                                         let mut c = CreatableTopicConfigs::default();
-                                        c.name = StrBytes::from_static_str(name);
-                                        c.value = Some(StrBytes::from_string(value));
-                                        c.config_source = if own {
-                                            SOURCE_TOPIC
-                                        } else {
-                                            SOURCE_BROKER_DEFAULT
-                                        };
+                                        c.name = StrBytes::from_string(e.name);
+                                        c.value = e.value.map(StrBytes::from_string);
+                                        c.read_only = e.read_only;
+                                        c.is_sensitive = false;
+                                        c.config_source = e.source.id();
                                         c
                                     })
                                     .collect(),
@@ -291,27 +345,19 @@ pub async fn create_partitions(
             .map(|topic| {
                 let mut r = CreatePartitionsTopicResult::default();
                 let node = b.config.node_id;
-                let outcome = if topic
-                    .assignments
-                    .as_ref()
-                    .is_some_and(|a| a.iter().any(|x| x.broker_ids.len() != 1 || x.broker_ids[0] != BrokerId(node)))
-                {
+                let outcome = if topic.assignments.as_ref().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x.broker_ids.len() != 1 || x.broker_ids[0] != BrokerId(node))
+                }) {
                     Err((
                         ResponseError::InvalidReplicaAssignment,
                         format!("New partitions may only be assigned to broker {node}."),
                     ))
                 } else {
-                    match b.metadata.topic(&topic.name) {
-                        None => Err((ResponseError::UnknownTopicOrPartition, format!("The topic '{}' does not exist.", topic.name.as_str()))),
-                        Some(meta) if topic.count <= meta.partitions => Err((
-                            ResponseError::InvalidPartitions,
-                            format!(
-                                "Topic currently has {} partitions, which is higher than the requested {}.",
-                                meta.partitions, topic.count
-                            ),
-                        )),
-                        Some(_) if request.validate_only => Ok(()),
-                        Some(_) => b.add_partitions(&topic.name, topic.count).map(|_| ()),
+                    match b.check_add_partitions(&topic.name, topic.count) {
+                        Err(e) => Err(e),
+                        Ok(_) if request.validate_only => Ok(()),
+                        Ok(_) => b.add_partitions(&topic.name, topic.count).map(|_| ()),
                     }
                 };
                 if let Err((code, text)) = outcome {
@@ -344,6 +390,9 @@ pub async fn delete_records(
             .into_iter()
             .map(|topic| {
                 let mut t = DeleteRecordsTopicResult::default();
+                // Kafka refuses to delete records of an internal topic: for
+                // __consumer_offsets it would drop every group's offsets.
+                let internal = b.metadata.topic(&topic.name).is_some_and(|m| m.internal);
                 t.partitions = topic
                     .partitions
                     .iter()
@@ -352,6 +401,9 @@ pub async fn delete_records(
                         r.partition_index = p.partition_index;
                         r.low_watermark = -1;
                         match b.replicas.get(&topic.name, p.partition_index) {
+                            _ if internal => {
+                                r.error_code = ResponseError::InvalidTopicException.code()
+                            }
                             None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
                             Some(partition) => {
                                 let hw = partition.high_watermark();
@@ -412,5 +464,9 @@ pub fn describe_cluster(
     response.brokers = vec![node];
     response.cluster_id = StrBytes::from_string(broker.metadata.cluster_id().to_string());
     response.controller_id = BrokerId(broker.metadata.controller_id());
+    response.cluster_authorized_operations = acl::when(
+        request.include_cluster_authorized_operations,
+        acl::CLUSTER_ALL,
+    );
     response
 }

@@ -254,6 +254,13 @@ pub fn describe(
                 g.error_code = ResponseError::GroupIdNotFound.code();
                 g.error_message = Some(text(format!("Group {} not found.", group_id.as_str())));
             }
+            // Kafka leaves an unknown (Dead) group's operations unset.
+            if version >= 3 && d.state != "Dead" {
+                g.authorized_operations = crate::api::admin::acl::when(
+                    request.include_authorized_operations,
+                    crate::api::admin::acl::GROUP_ALL,
+                );
+            }
             g.group_id = group_id;
             g
         })

@@ -13,6 +13,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
+use crate::api::admin::acl;
 use crate::broker::Broker;
 use crate::cluster::{validate_topic_name, TopicMeta};
 
@@ -49,19 +50,41 @@ pub async fn handle(
     };
     let allow_auto_create = (version < 4 || request.allow_auto_topic_creation)
         && broker.config.auto_create_topics_enable;
+    // v8-10 carry the cluster's operations; v11 dropped the field.
+    if (8..=10).contains(&version) {
+        response.cluster_authorized_operations = acl::when(
+            request.include_cluster_authorized_operations,
+            acl::CLUSTER_ALL,
+        );
+    }
+    let topic_ops = if version >= 8 {
+        acl::when(request.include_topic_authorized_operations, acl::TOPIC_ALL)
+    } else {
+        acl::NOT_REQUESTED
+    };
+    let mut auto_create_budget = broker.config.auto_create_topics_max_per_request;
 
     match requested {
         None => {
             for topic in broker.metadata.topics() {
-                response
-                    .topics
-                    .push(topic_response(broker, version, &topic));
+                let mut entry = topic_response(broker, version, &topic);
+                entry.topic_authorized_operations = topic_ops;
+                response.topics.push(entry);
             }
         }
         Some(list) => {
             for wanted in list.into_iter().take(METADATA_TOPICS_MAX) {
-                let entry = match wanted.name {
-                    Some(name) => by_name(broker, version, name, allow_auto_create).await,
+                let mut entry = match wanted.name {
+                    Some(name) => {
+                        by_name(
+                            broker,
+                            version,
+                            name,
+                            allow_auto_create,
+                            &mut auto_create_budget,
+                        )
+                        .await
+                    }
                     None => match broker.metadata.topic_by_id(wanted.topic_id) {
                         Some(topic) => topic_response(broker, version, &topic),
                         None => error_topic(
@@ -72,6 +95,9 @@ pub async fn handle(
                         ),
                     },
                 };
+                if entry.error_code == 0 {
+                    entry.topic_authorized_operations = topic_ops;
+                }
                 response.topics.push(entry);
             }
         }
@@ -84,6 +110,7 @@ async fn by_name(
     version: i16,
     name: TopicName,
     allow_auto_create: bool,
+    auto_create_budget: &mut usize,
 ) -> MetadataResponseTopic {
     if let Some(topic) = broker.metadata.topic(&name) {
         return topic_response(broker, version, &topic);
@@ -99,6 +126,24 @@ async fn by_name(
             ResponseError::UnknownTopicOrPartition,
         );
     }
+    // Beyond either limit the client gets a retriable error and asks again.
+    let limited = if *auto_create_budget == 0 {
+        Some("auto.create.topics.max.per.request")
+    } else if !broker.auto_create_rate.try_acquire() {
+        Some("auto.create.topics.max.per.second")
+    } else {
+        None
+    };
+    if let Some(limit) = limited {
+        broker.auto_create_rate.warn_limited(&name, limit);
+        return error_topic(
+            version,
+            Some(name),
+            Uuid::nil(),
+            ResponseError::LeaderNotAvailable,
+        );
+    }
+    *auto_create_budget -= 1;
     let b = broker.clone();
     let topic_name = name.to_string();
     let partitions = broker.config.num_partitions;

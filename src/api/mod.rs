@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api_versions;
 pub mod configs;
 pub mod coordinator;
+pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod group;
 pub mod list_offsets;
@@ -139,6 +140,10 @@ impl KafkaApis {
             }
             RequestKind::IncrementalAlterConfigs(r) => {
                 ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(b, v, r).await)
+                    .into()
+            }
+            RequestKind::DescribeTopicPartitions(r) => {
+                ResponseKind::DescribeTopicPartitions(describe_topic_partitions::handle(b, v, r))
                     .into()
             }
             // `protocol::decode_request` only lets through the APIs in the

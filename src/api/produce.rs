@@ -1,9 +1,11 @@
-//! Produce: validates each partition's batches (CRC32C, size, producer
-//! sequence), assigns offsets, appends, and answers per partition.
+//! Produce: validates each partition's batches (CRC32C, size, every record,
+//! producer sequence), assigns offsets, appends, and answers per partition.
 //!
 //! All partitions of one request are appended in a single blocking task: one
-//! thread hop per request, not per partition. Records are never decoded: the
-//! log checks batch headers and CRCs only.
+//! thread hop per request, not per partition. The log walks every record of
+//! a batch (decompressing it as a stream) like Kafka's LogValidator; a
+//! partition whose records break a rule is refused whole, and Produce v8+
+//! answers carry the per-record errors (`record_errors`) and a summary.
 //!
 //! With `--fsync always` the answer waits for the fsync that covers the
 //! append, but the append itself is done before this handler returns: the
@@ -15,14 +17,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::Outcome;
 use crate::broker::{now_ms, Broker};
-use crate::log::AppendInfo;
+use crate::log::{AppendError, AppendInfo, RecordError};
 use crate::replica::Partition;
 
 /// One partition's slice of the request, resolved to a partition (or an error).
@@ -31,7 +35,25 @@ struct Work {
     partition_index: i32,
     records: Option<Bytes>,
     /// `None` until appended; an error set up front skips the append.
-    result: Option<Result<AppendInfo, (ResponseError, String)>>,
+    result: Option<Result<AppendInfo, Refusal>>,
+}
+
+/// Why a partition's records were not appended, as the answer carries it.
+struct Refusal {
+    code: ResponseError,
+    message: String,
+    /// Per-record errors (Produce v8+), in record order.
+    record_errors: Vec<RecordError>,
+}
+
+impl From<(ResponseError, String)> for Refusal {
+    fn from((code, message): (ResponseError, String)) -> Self {
+        Refusal {
+            code,
+            message,
+            record_errors: Vec::new(),
+        }
+    }
 }
 
 /// An appended partition whose answer waits for its fsync: the index of its
@@ -70,18 +92,19 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
         let topic_index = topics.len();
         topics.push((topic.name.clone(), topic.topic_id, name.clone()));
         for partition in topic.partition_data {
-            let result = match (&request_error, &name) {
-                (Some(code), _) => Some(Err((*code, String::new()))),
-                (None, Some(_)) if internal => Some(Err((
+            let refusal = match (&request_error, &name) {
+                (Some(code), _) => Some((*code, String::new())),
+                (None, Some(_)) if internal => Some((
                     ResponseError::InvalidTopicException,
                     "Cannot append to internal topic".to_string(),
-                ))),
+                )),
                 (None, None) if version >= 13 => {
-                    Some(Err((ResponseError::UnknownTopicId, String::new())))
+                    Some((ResponseError::UnknownTopicId, String::new()))
                 }
-                (None, None) => Some(Err((ResponseError::UnknownTopicOrPartition, String::new()))),
+                (None, None) => Some((ResponseError::UnknownTopicOrPartition, String::new())),
                 (None, Some(_)) => None,
             };
+            let result = refusal.map(|r| Err(r.into()));
             work.push(Work {
                 topic_index,
                 partition_index: partition.index,
@@ -109,7 +132,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
                 } else {
                     ResponseError::UnknownTopicOrPartition
                 };
-                item.result = Some(Err((code, String::new())));
+                item.result = Some(Err((code, String::new()).into()));
                 continue;
             };
             let result = append_one(&target, name, item.records.take(), now, version);
@@ -140,7 +163,9 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
             .iter()
             .find_map(|w| w.result.as_ref().and_then(|r| r.as_ref().err()))
         {
-            Some((code, _)) => Outcome::Close(format!("acks=0 produce failed with {code:?}")),
+            Some(refusal) => {
+                Outcome::Close(format!("acks=0 produce failed with {:?}", refusal.code))
+            }
             None => Outcome::NoResponse,
         };
     }
@@ -151,7 +176,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
         let mut work = work;
         for (index, failure) in wait_for_syncs(syncs).await {
             if let Some(item) = work.get_mut(index) {
-                item.result = Some(Err(failure));
+                item.result = Some(Err(failure.into()));
             }
         }
         respond(version, topics, work)
@@ -201,9 +226,13 @@ fn respond(
     for item in work {
         let mut p = PartitionProduceResponse::default();
         p.index = item.partition_index;
-        let result = item
-            .result
-            .unwrap_or_else(|| Err((ResponseError::UnknownServerError, "not appended".into())));
+        let result = item.result.unwrap_or_else(|| {
+            Err((
+                ResponseError::UnknownServerError,
+                "not appended".to_string(),
+            )
+                .into())
+        });
         match result {
             Ok(info) => {
                 p.base_offset = info.base_offset;
@@ -214,11 +243,24 @@ fn respond(
                     p.log_start_offset = info.log_start_offset;
                 }
             }
-            Err((code, message)) => {
-                p.error_code = code.code();
+            Err(refusal) => {
+                p.error_code = refusal.code.code();
                 p.base_offset = -1;
-                if version >= 8 && !message.is_empty() {
-                    p.error_message = Some(StrBytes::from_string(message));
+                if version >= 8 {
+                    if !refusal.message.is_empty() {
+                        p.error_message = Some(StrBytes::from_string(refusal.message));
+                    }
+                    p.record_errors = refusal
+                        .record_errors
+                        .into_iter()
+                        .map(|e| {
+                            BatchIndexAndErrorMessage::default()
+                                .with_batch_index(e.batch_index)
+                                .with_batch_index_error_message(Some(StrBytes::from_string(
+                                    e.message,
+                                )))
+                        })
+                        .collect();
                 }
             }
         }
@@ -236,15 +278,17 @@ fn append_one(
     records: Option<Bytes>,
     now: i64,
     version: i16,
-) -> Result<AppendInfo, (ResponseError, String)> {
+) -> Result<AppendInfo, Refusal> {
     let partition = target.tp.partition;
     let records = match records {
         Some(r) if !r.is_empty() => r,
         _ => {
-            return Err((
-                ResponseError::InvalidRecord,
-                "produce request without records".into(),
-            ))
+            let code = if version >= 8 {
+                ResponseError::InvalidRecord
+            } else {
+                ResponseError::CorruptMessage
+            };
+            return Err((code, "produce request without records".to_string()).into());
         }
     };
     target.append_unsynced_blocking(&records, now).map_err(|e| {
@@ -259,6 +303,15 @@ fn append_one(
         } else {
             tracing::debug!(topic, partition, error = %e, "append rejected");
         }
-        (code, e.to_string())
+        let message = e.to_string();
+        let record_errors = match e {
+            AppendError::RecordErrors { record_errors, .. } => record_errors,
+            _ => Vec::new(),
+        };
+        Refusal {
+            code,
+            message,
+            record_errors,
+        }
     })
 }

@@ -7,6 +7,9 @@
 //! When the metadata Raft group arrives, the same [`ClusterMetadata`] methods
 //! become the state machine's `apply`, and callers do not change.
 
+pub mod auto_create;
+pub mod broker_config;
+pub mod partition_dirs;
 pub mod topic_config;
 
 use std::collections::BTreeMap;
@@ -18,6 +21,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use broker_config::BrokerLayers;
 pub use topic_config::TopicConfigs;
 
 /// Most partitions a topic may have (Kafka's own practical limit is far
@@ -38,9 +42,13 @@ pub struct TopicMeta {
     pub internal: bool,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct Document {
     topics: BTreeMap<String, TopicMeta>,
+    /// Dynamic broker configs by AlterConfigs resource name: `""` is the
+    /// cluster-wide default, `"<node.id>"` one broker's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// The durable, shared view of the cluster's metadata.
@@ -48,7 +56,11 @@ pub struct ClusterMetadata {
     cluster_id: String,
     node_id: i32,
     path: PathBuf,
-    topics: RwLock<BTreeMap<String, TopicMeta>>,
+    state: RwLock<Document>,
+    /// Serialises admin changes (create, delete, grow, reconfigure), which
+    /// do file I/O between their check and their commit; they are rare, and
+    /// this keeps "check, create the logs, register" free of races.
+    changes: parking_lot::Mutex<()>,
 }
 
 impl ClusterMetadata {
@@ -87,17 +99,77 @@ impl ClusterMetadata {
             Err(e) => return Err(e.into()),
         };
         let path = log_dir.join("fjord-metadata.json");
-        let topics = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Document>(&bytes)?.topics,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Document>(&bytes)
+                .map_err(|e| anyhow::anyhow!("{} is not valid metadata: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Document::default(),
             Err(e) => return Err(e.into()),
         };
         Ok(ClusterMetadata {
             cluster_id,
             node_id,
             path,
-            topics: RwLock::new(topics),
+            state: RwLock::new(state),
+            changes: parking_lot::Mutex::new(()),
         })
+    }
+
+    /// Holds off other admin changes while the guard lives (see `changes`).
+    pub fn lock_changes(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.changes.lock()
+    }
+
+    /// The dynamic broker configs stored under an AlterConfigs resource name.
+    pub fn broker_configs(&self, resource_name: &str) -> BTreeMap<String, String> {
+        self.state
+            .read()
+            .broker_configs
+            .get(resource_name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Replaces the dynamic broker configs of one resource name (validated
+    /// by the caller) and persists the change.
+    pub fn set_broker_configs(
+        &self,
+        resource_name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), (ResponseError, String)> {
+        let mut state = self.state.write();
+        let mut next = state.clone();
+        if configs.is_empty() {
+            next.broker_configs.remove(resource_name);
+        } else {
+            next.broker_configs
+                .insert(resource_name.to_string(), configs);
+        }
+        self.persist(&next)?;
+        *state = next;
+        Ok(())
+    }
+
+    /// Partitions of every topic, the figure `max.broker.partitions` caps.
+    pub fn partition_count_total(&self) -> i64 {
+        self.state
+            .read()
+            .topics
+            .values()
+            .map(|t| i64::from(t.partitions))
+            .sum()
+    }
+
+    /// Kafka's collision rule: `.` and `_` are the same in metric names, so
+    /// `a.b` and `a_b` cannot both exist.
+    pub fn colliding_topic(&self, name: &str) -> Option<String> {
+        let unified = |n: &str| n.replace('.', "_");
+        let wanted = unified(name);
+        self.state
+            .read()
+            .topics
+            .keys()
+            .find(|existing| existing.as_str() != name && unified(existing) == wanted)
+            .cloned()
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -110,15 +182,26 @@ impl ClusterMetadata {
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {
-        self.topics.read().get(name).cloned()
+        self.state.read().topics.get(name).cloned()
     }
 
     pub fn topic_by_id(&self, id: Uuid) -> Option<TopicMeta> {
-        self.topics.read().values().find(|t| t.id == id).cloned()
+        self.state
+            .read()
+            .topics
+            .values()
+            .find(|t| t.id == id)
+            .cloned()
     }
 
+    /// Every topic, sorted by name.
     pub fn topics(&self) -> Vec<TopicMeta> {
-        self.topics.read().values().cloned().collect()
+        self.state.read().topics.values().cloned().collect()
+    }
+
+    /// Every topic name, sorted.
+    pub fn topic_names(&self) -> Vec<String> {
+        self.state.read().topics.keys().cloned().collect()
     }
 
     /// Checks a new topic's name and partition count without creating it.
@@ -128,10 +211,16 @@ impl ClusterMetadata {
         partitions: i32,
     ) -> Result<(), (ResponseError, String)> {
         validate_topic_name(name)?;
-        if self.topics.read().contains_key(name) {
+        if self.state.read().topics.contains_key(name) {
             return Err((
                 ResponseError::TopicAlreadyExists,
                 format!("Topic '{name}' already exists."),
+            ));
+        }
+        if let Some(existing) = self.colliding_topic(name) {
+            return Err((
+                ResponseError::InvalidTopicException,
+                format!("Topic '{name}' collides with existing topic: {existing}"),
             ));
         }
         if !(1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
@@ -151,30 +240,40 @@ impl ClusterMetadata {
         configs: BTreeMap<String, String>,
         internal: bool,
     ) -> Result<TopicMeta, (ResponseError, String)> {
-        let mut topics = self.topics.write();
-        if topics.contains_key(name) {
-            return Err((
-                ResponseError::TopicAlreadyExists,
-                format!("Topic '{name}' already exists."),
-            ));
-        }
-        let meta = TopicMeta {
+        self.register_topic(TopicMeta {
             name: name.to_string(),
             id: Uuid::new_v4(),
             partitions,
             configs,
             internal,
-        };
-        topics.insert(name.to_string(), meta.clone());
-        self.persist(&topics)?;
+        })
+    }
+
+    /// Registers a topic whose logs already exist (the last step of an
+    /// all-or-nothing creation) and persists the change. On error nothing
+    /// is registered.
+    pub fn register_topic(&self, meta: TopicMeta) -> Result<TopicMeta, (ResponseError, String)> {
+        let mut state = self.state.write();
+        if state.topics.contains_key(&meta.name) {
+            return Err((
+                ResponseError::TopicAlreadyExists,
+                format!("Topic '{}' already exists.", meta.name),
+            ));
+        }
+        let mut next = state.clone();
+        next.topics.insert(meta.name.clone(), meta.clone());
+        self.persist(&next)?;
+        *state = next;
         Ok(meta)
     }
 
     /// Removes a topic from the metadata; the caller removes its data.
     pub fn delete_topic(&self, name: &str) -> Result<TopicMeta, (ResponseError, String)> {
-        let mut topics = self.topics.write();
-        let meta = topics.remove(name).ok_or_else(unknown_topic)?;
-        self.persist(&topics)?;
+        let mut state = self.state.write();
+        let mut next = state.clone();
+        let meta = next.topics.remove(name).ok_or_else(unknown_topic)?;
+        self.persist(&next)?;
+        *state = next;
         Ok(meta)
     }
 
@@ -184,8 +283,9 @@ impl ClusterMetadata {
         name: &str,
         count: i32,
     ) -> Result<TopicMeta, (ResponseError, String)> {
-        let mut topics = self.topics.write();
-        let meta = topics.get_mut(name).ok_or_else(unknown_topic)?;
+        let mut state = self.state.write();
+        let mut next = state.clone();
+        let meta = next.topics.get_mut(name).ok_or_else(unknown_topic)?;
         if count <= meta.partitions {
             return Err((
                 ResponseError::InvalidPartitions,
@@ -203,7 +303,8 @@ impl ClusterMetadata {
         }
         meta.partitions = count;
         let updated = meta.clone();
-        self.persist(&topics)?;
+        self.persist(&next)?;
+        *state = next;
         Ok(updated)
     }
 
@@ -213,19 +314,20 @@ impl ClusterMetadata {
         name: &str,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta, (ResponseError, String)> {
-        let mut topics = self.topics.write();
-        let meta = topics.get_mut(name).ok_or_else(unknown_topic)?;
+        let mut state = self.state.write();
+        let mut next = state.clone();
+        let meta = next.topics.get_mut(name).ok_or_else(unknown_topic)?;
         meta.configs = configs;
         let updated = meta.clone();
-        self.persist(&topics)?;
+        self.persist(&next)?;
+        *state = next;
         Ok(updated)
     }
 
-    fn persist(&self, topics: &BTreeMap<String, TopicMeta>) -> Result<(), (ResponseError, String)> {
-        let doc = Document {
-            topics: topics.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&doc)
+    /// Writes `doc` durably; the in-memory state changes only after this
+    /// succeeds, so memory never runs ahead of the disk.
+    fn persist(&self, doc: &Document) -> Result<(), (ResponseError, String)> {
+        let bytes = serde_json::to_vec_pretty(doc)
             .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
         write_atomically(&self.path, &bytes).map_err(|e| {
             tracing::error!(error = %e, "cannot persist cluster metadata");
@@ -272,8 +374,14 @@ pub fn validate_topic_name(name: &str) -> Result<(), (ResponseError, String)> {
 
 /// A Kafka-style cluster id: 16 random bytes, URL-safe base64 without padding.
 fn new_cluster_id() -> String {
+    kafka_uuid_string(&Uuid::new_v4())
+}
+
+/// Kafka's string form of a Uuid (`Uuid.toString`): its 16 bytes in
+/// URL-safe base64 without padding, 22 characters.
+pub fn kafka_uuid_string(id: &Uuid) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = Uuid::new_v4().into_bytes();
+    let bytes = id.into_bytes();
     let mut out = String::with_capacity(22);
     let mut acc: u32 = 0;
     let mut bits = 0;

@@ -126,6 +126,17 @@ pub enum CompressionCodec {
 }
 
 impl CompressionCodec {
+    /// Attribute bits 0–2 for this codec.
+    pub fn id(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Gzip => 1,
+            Self::Snappy => 2,
+            Self::Lz4 => 3,
+            Self::Zstd => 4,
+        }
+    }
+
     /// The codec for attribute bits 0–2, or `None` for the unassigned ids 5–7.
     pub fn from_id(id: u8) -> Option<Self> {
         match id {
@@ -604,6 +615,34 @@ impl<'a> RecordBatchMut<'a> {
         self.refresh_crc();
     }
 
+    /// Completes a batch whose records were re-encoded with `codec` (a
+    /// topic's `compression.type`): `bytes` holds [`HEADER_BYTES`] of room
+    /// followed by the new records. The header is `original`'s except the
+    /// codec bits, batchLength and the CRC, as Kafka's LogValidator rebuilds
+    /// it. Fails if the batch is too large for a 32-bit batchLength.
+    pub fn rebuild_header(
+        bytes: &'a mut [u8],
+        original: &[u8; HEADER_BYTES],
+        codec: CompressionCodec,
+    ) -> Result<Self, BatchError> {
+        let batch_length = bytes
+            .len()
+            .checked_sub(LOG_OVERHEAD_BYTES)
+            .and_then(|length| i32::try_from(length).ok())
+            .filter(|&length| length >= (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32)
+            .ok_or(BatchError::InvalidLength {
+                batch_length: i32::try_from(bytes.len()).unwrap_or(i32::MAX),
+            })?;
+        bytes[..HEADER_BYTES].copy_from_slice(original);
+        bytes[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4].copy_from_slice(&batch_length.to_be_bytes());
+        let attributes =
+            (be_i16(original, ATTRIBUTES_AT) & !ATTRIBUTE_COMPRESSION_MASK) | codec.id() as i16;
+        bytes[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+        let mut batch = Self { bytes };
+        batch.refresh_crc();
+        Ok(batch)
+    }
+
     /// Recomputes and stores the CRC after a change inside the covered range.
     pub fn refresh_crc(&mut self) {
         let crc = compute_crc(self.bytes);
@@ -864,6 +903,27 @@ mod tests {
         // kafka-protocol agrees the batch is intact.
         let decoded = RecordBatchDecoder::decode(&mut Bytes::from(bytes)).expect("decode");
         assert_eq!(decoded.records.len(), 2);
+    }
+
+    #[test]
+    fn rebuilt_header_keeps_every_field_but_codec_length_and_crc() {
+        let original = kafka_protocol_batch(3, 42, Compression::None);
+        let head: [u8; HEADER_BYTES] = original[..HEADER_BYTES].try_into().unwrap();
+        let mut rebuilt = vec![0u8; HEADER_BYTES];
+        rebuilt.extend_from_slice(&original[HEADER_BYTES..]);
+        rebuilt.extend_from_slice(&[0u8; 5]);
+        RecordBatchMut::rebuild_header(&mut rebuilt, &head, CompressionCodec::Zstd).unwrap();
+        let view = RecordBatch::parse(&rebuilt).unwrap();
+        view.validate_crc().unwrap();
+        let (a, b) = (BatchHeader::parse(&original).unwrap(), view.header());
+        assert_eq!(b.compression(), Some(CompressionCodec::Zstd));
+        assert_eq!(b.size_bytes(), original.len() + 5);
+        assert_eq!(a.attributes() & !7, b.attributes() & !7);
+        let mut left = a.summary();
+        let right = b.summary();
+        left.size_bytes = right.size_bytes;
+        left.attributes = right.attributes;
+        assert_eq!(left, right);
     }
 
     #[test]

@@ -166,6 +166,19 @@ pub enum AppendError {
         /// Broker time of the append.
         now_ms: i64,
     },
+    /// One or more records broke a per-record rule (Kafka's
+    /// `RecordValidationException`): INVALID_TIMESTAMP if any of them is a
+    /// timestamp error, else INVALID_RECORD. Produce v8+ answers with the
+    /// list; the message summarises its start.
+    #[error("{}", summarize_record_errors(*.invalid_timestamp, .record_errors, *.record_errors_total))]
+    RecordErrors {
+        /// Whether any record error is a timestamp error.
+        invalid_timestamp: bool,
+        /// The first [`RECORD_ERRORS_MAX`] errors, in record order.
+        record_errors: Vec<RecordError>,
+        /// How many records were rejected (may exceed the list).
+        record_errors_total: usize,
+    },
     /// A sequence gap or a retry too old to be in the last five batches (OUT_OF_ORDER_SEQUENCE_NUMBER).
     #[error("out of order sequence for producer {producer_id}: got {first_sequence} after {last_sequence}")]
     OutOfOrderSequence {
@@ -212,12 +225,54 @@ impl AppendError {
             AppendError::RecordListTooLarge { .. } => kafka_code::RECORD_LIST_TOO_LARGE,
             AppendError::InvalidRecord { .. } => kafka_code::INVALID_RECORD,
             AppendError::InvalidTimestamp { .. } => kafka_code::INVALID_TIMESTAMP,
+            AppendError::RecordErrors {
+                invalid_timestamp: true,
+                ..
+            } => kafka_code::INVALID_TIMESTAMP,
+            AppendError::RecordErrors { .. } => kafka_code::INVALID_RECORD,
             AppendError::OutOfOrderSequence { .. } => kafka_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
             AppendError::InvalidProducerEpoch { .. } => kafka_code::INVALID_PRODUCER_EPOCH,
             AppendError::UnexpectedAppendOffset { .. } => kafka_code::UNKNOWN_SERVER_ERROR,
             AppendError::Storage(error) => error.kafka_error_code(),
         }
     }
+}
+
+/// Record errors kept per rejected partition: enough to show a producer
+/// what is wrong with every record of any real batch, small enough that a
+/// batch of a million bad records cannot make the answer huge.
+pub const RECORD_ERRORS_MAX: usize = 1_000;
+/// Record errors quoted in the partition's error message.
+const RECORD_ERRORS_IN_MESSAGE: usize = 3;
+
+/// Why one record of a batch was rejected (Kafka's `ProduceResponse.RecordError`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordError {
+    /// The record's index within its batch (0-based).
+    pub batch_index: i32,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn summarize_record_errors(
+    invalid_timestamp: bool,
+    errors: &[RecordError],
+    total: usize,
+) -> String {
+    let kind = if invalid_timestamp {
+        "an invalid timestamp"
+    } else {
+        "record errors"
+    };
+    let mut summary = format!("{total} record(s) rejected for {kind}");
+    let shown = errors.len().min(RECORD_ERRORS_IN_MESSAGE);
+    if shown > 0 {
+        summary.push_str(&format!("; first {shown}:"));
+        for e in &errors[..shown] {
+            summary.push_str(&format!(" [record {}: {}]", e.batch_index, e.message));
+        }
+    }
+    summary
 }
 
 /// Why a Fetch read returned no data.

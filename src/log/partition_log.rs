@@ -18,6 +18,7 @@
 //! EMFILE/ENFILE fails the request (KAFKA_STORAGE_ERROR, retriable) and
 //! leaves the log online.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ use crate::log::producer_state::{
 use crate::log::segment::{
     file_stem, parse_file_stem, LogSegment, ReadLimits, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
-use crate::log::validator::validate_records;
+use crate::log::validator::{validate_produce, validate_records, ValidatedBatch, ValidatedRecords};
 
 /// A partition directory with more entries than this is refused rather than
 /// listed into memory: it is not something Fjord wrote.
@@ -328,19 +329,39 @@ impl PartitionLog {
         result
     }
 
-    /// Appends a producer's batches (Produce). Validates every batch first
-    /// (see [`AppendError`]), checks idempotent producers' epochs and
-    /// sequences, assigns offsets from the log end offset, stamps the leader
-    /// epoch (and LogAppendTime if configured), rolls the segment if needed and
-    /// writes. A retry of one of a producer's last five batches is not written
-    /// again: it is acknowledged with its original offsets (`duplicate`).
+    /// Appends a producer's batches (Produce). Validates every batch and
+    /// every record first ([`validate_produce`], see [`AppendError`]), checks
+    /// idempotent producers' epochs and sequences, assigns offsets from the
+    /// log end offset, stamps the leader epoch (and LogAppendTime if
+    /// configured), rolls the segment if needed and writes. A retry of one of
+    /// a producer's last five batches is not written again: it is
+    /// acknowledged with its original offsets (`duplicate`).
+    ///
+    /// Callers holding this log behind a lock should validate first and call
+    /// [`append_validated`](Self::append_validated), so the record walk runs
+    /// outside the lock.
     pub fn append(
         &mut self,
         records: &[u8],
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, AppendError> {
-        self.append_with_origin(records, leader_epoch, now_ms, AppendOrigin::Client)
+        self.ensure_online()?;
+        let validated = validate_produce(records, &self.config, now_ms)?;
+        self.append_validated(validated, leader_epoch, now_ms)
+    }
+
+    /// [`append`](Self::append) for batches [`validate_produce`] already
+    /// passed (against this log's config, possibly a moment older).
+    pub fn append_validated(
+        &mut self,
+        validated: ValidatedRecords<'_>,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, AppendError> {
+        self.ensure_online()?;
+        let ValidatedRecords { bytes, batches } = validated;
+        self.write_batches(bytes, &batches, leader_epoch, now_ms, AppendOrigin::Client)
     }
 
     /// Appends batches that already carry offsets and leader epochs assigned by
@@ -352,18 +373,25 @@ impl PartitionLog {
         records: &[u8],
         now_ms: i64,
     ) -> Result<AppendInfo, AppendError> {
-        self.append_with_origin(records, 0, now_ms, AppendOrigin::Replication)
+        self.ensure_online()?;
+        let validated = validate_records(records, &self.config, AppendOrigin::Replication)?;
+        self.write_batches(
+            Cow::Borrowed(records),
+            &validated,
+            0,
+            now_ms,
+            AppendOrigin::Replication,
+        )
     }
 
-    fn append_with_origin(
+    fn write_batches(
         &mut self,
-        records: &[u8],
+        records: Cow<'_, [u8]>,
+        validated: &[ValidatedBatch],
         leader_epoch: i32,
         now_ms: i64,
         origin: AppendOrigin,
     ) -> Result<AppendInfo, AppendError> {
-        self.ensure_online()?;
-        let validated = validate_records(records, &self.config, now_ms, origin)?;
         let segment_bytes = self.config.segment_bytes_effective();
         if records.len() as u64 > segment_bytes {
             return Err(AppendError::RecordListTooLarge {
@@ -374,10 +402,10 @@ impl PartitionLog {
         let log_end_offset = self.log_end_offset();
         let log_append_time = origin == AppendOrigin::Client
             && self.config.message_timestamp_type == TimestampType::LogAppendTime;
-        let mut stored = records.to_vec();
+        let mut stored = records.into_owned();
         let mut batches: Vec<BatchSummary> = Vec::with_capacity(validated.len());
         let mut next_offset = log_end_offset;
-        for batch in &validated {
+        for batch in validated {
             let bytes = &mut stored[batch.position..batch.position + batch.summary.size_bytes];
             let corrupt = |error: crate::log::batch::BatchError| AppendError::CorruptMessage {
                 position: batch.position,

@@ -48,6 +48,7 @@ pub fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         OffsetCommit,
         OffsetFetch,
         OffsetDelete,
+        DescribeTopicPartitions,
     ];
     implemented
         .into_iter()
@@ -102,6 +103,9 @@ fn message_range(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::OffsetCommit => both::<OffsetCommitRequest, OffsetCommitResponse>(),
         ApiKey::OffsetFetch => both::<OffsetFetchRequest, OffsetFetchResponse>(),
         ApiKey::OffsetDelete => both::<OffsetDeleteRequest, OffsetDeleteResponse>(),
+        ApiKey::DescribeTopicPartitions => {
+            both::<DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse>()
+        }
         _ => None,
     }
 }

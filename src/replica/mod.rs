@@ -11,6 +11,10 @@
 //! - On a single node the high watermark is the log end offset once the append
 //!   is durable by the configured policy. When partitions become Raft groups
 //!   it becomes the Raft commit point, and nothing above this module changes.
+//! - Produce validation (the record walk, decompression, recompression)
+//!   never runs under the log mutex either: it needs only the partition's
+//!   config, kept as a snapshot beside the log, and the lock is taken for the
+//!   stamping and the write alone.
 //! - An fsync never runs under the log mutex: it is captured under it
 //!   ([`PendingFlush`]) and synced under a second, flush-only mutex. With
 //!   `--fsync always` that mutex is the group commit: appends that arrive
@@ -39,8 +43,8 @@ use uuid::Uuid;
 use crate::config::{BrokerConfig, FsyncPolicy};
 use crate::log::file_cache::is_descriptor_exhaustion;
 use crate::log::{
-    AppendError, AppendInfo, FlushScope, LogConfig, LogError, PartitionLog, PendingFlush,
-    ReadError, ReadInfo,
+    validate_produce, AppendError, AppendInfo, FlushScope, LogConfig, LogError, PartitionLog,
+    PendingFlush, ReadError, ReadInfo,
 };
 
 /// First wait before reopening an offline partition.
@@ -105,6 +109,9 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: Uuid,
     log: Mutex<PartitionLog>,
+    /// The log's config, readable without the log mutex (produce validation
+    /// runs outside it); replaced together with the log's by `set_config`.
+    config: RwLock<Arc<LogConfig>>,
     /// Held while a captured flush is synced; never taken inside `log`.
     flush: Mutex<()>,
     high_watermark: watch::Sender<i64>,
@@ -119,10 +126,12 @@ pub struct Partition {
 impl Partition {
     fn new(tp: TopicPartition, topic_id: Uuid, log: PartitionLog, fsync: FsyncPolicy) -> Self {
         let end = log.log_end_offset();
+        let config = RwLock::new(Arc::new(log.config().clone()));
         Partition {
             tp,
             topic_id,
             log: Mutex::new(log),
+            config,
             flush: Mutex::new(()),
             high_watermark: watch::Sender::new(end),
             leader_epoch: 0,
@@ -217,8 +226,10 @@ impl Partition {
         records: &[u8],
         now_ms: i64,
     ) -> Result<AppendInfo, AppendError> {
+        let config = self.config.read().clone();
+        let validated = validate_produce(records, &config, now_ms)?;
         let mut log = self.log.lock();
-        let appended = log.append(records, self.leader_epoch, now_ms);
+        let appended = log.append_validated(validated, self.leader_epoch, now_ms);
         self.note_offline(&log);
         let info = appended?;
         let end = log.log_end_offset();
@@ -318,7 +329,9 @@ impl Partition {
     }
 
     pub fn set_config(&self, config: LogConfig) {
-        self.log.lock().set_config(config);
+        let mut log = self.log.lock();
+        *self.config.write() = Arc::new(config.clone());
+        log.set_config(config);
     }
 }
 

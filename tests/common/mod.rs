@@ -14,6 +14,7 @@
 #![allow(dead_code)] // Each test file uses a different subset of the harness.
 
 pub mod bulk;
+pub mod kafka_rpc;
 pub mod produce_stream;
 pub mod raw;
 
@@ -212,6 +213,11 @@ impl Broker {
         process.launch()
     }
 
+    /// The broker's data directory (`--log-dirs`), if this handle owns a process.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.process.as_ref().map(|p| p.data_dir())
+    }
+
     /// The last lines of the broker's output (empty for an external broker).
     pub fn log_tail(&self) -> String {
         self.process
@@ -237,11 +243,6 @@ impl Broker {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .ok()
             .map(|entries| entries.count())
-    }
-
-    /// The broker's `--log-dirs` directory (None for an external broker).
-    pub fn data_dir(&self) -> Option<PathBuf> {
-        self.process.as_ref().map(BrokerProcess::data_dir)
     }
 
     /// Everything the broker has written to stdout and stderr so far, across

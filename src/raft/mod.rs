@@ -1,0 +1,22 @@
+//! Consensus: every partition is a Raft group (openraft), and so is the
+//! cluster's metadata (Kafka's controller quorum).
+//!
+//! openraft is pinned exactly and only this module names it, so that moving
+//! to another version touches one place. The layout:
+//! - `types` — node and group identities shared by everything below.
+//! - `transport` — node-to-node RPC on the CONTROLLER listener: one
+//!   connection per peer and direction carrying every group's messages,
+//!   framing, request ids, timeouts, reconnects, and node liveness.
+//! - `entry_log` — a file-backed Raft log and state machine for small groups
+//!   (the metadata group), whose entries are serialized commands.
+//!
+//! Design decision (see DESIGN.md, "Consensus layout"): per-group timers are
+//! off. Heartbeats and elections of thousands of partition groups would cost
+//! CPU in proportion to the partition count even when idle; instead one
+//! node-level heartbeat per peer tells which nodes are alive, and a
+//! node-level election driver triggers elections only in the groups whose
+//! leader is gone.
+
+pub mod types;
+
+pub use types::{GroupId, NodeId};
