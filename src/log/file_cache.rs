@@ -174,7 +174,7 @@ pub fn raise_descriptor_limit() -> io::Result<(u64, u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let (before, hard) = (limit.rlim_cur as u64, limit.rlim_max as u64);
+    let (before, hard) = (limit.rlim_cur, limit.rlim_max);
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
