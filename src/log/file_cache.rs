@@ -69,6 +69,9 @@ pub const DESCRIPTORS_RESERVED_MAX: u64 = 256;
 /// The ring is compacted (dead and closed entries dropped) once it is this
 /// many times longer than the cache's capacity.
 const RING_SLACK_FACTOR: usize = 2;
+/// Files a sweep passes over sparing referenced and dirty ones before it
+/// takes any idle file (second-chance bits of the rest stay as they are).
+const SPARING_STEPS_MAX: usize = 256;
 
 /// How [`CachedFile::open`] opens the file the first time. Reopens after
 /// eviction never create or truncate.
@@ -192,7 +195,10 @@ pub fn raise_descriptor_limit() -> io::Result<(u64, u64, u64)> {
 /// Whether an I/O error says the process (EMFILE) or the system (ENFILE)
 /// has no descriptor left: nothing was done, retrying later may work.
 pub fn is_exhaustion(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE)
+    )
 }
 
 /// [`is_exhaustion`] for a log error.
@@ -252,7 +258,9 @@ impl FileCache {
                 ring.slots.push(Arc::downgrade(slot));
             }
             let capacity = self.capacity.load(Ordering::Relaxed);
-            if ring.slots.len() > RING_SLACK_FACTOR * capacity.max(self.open.load(Ordering::Relaxed)) {
+            if ring.slots.len()
+                > RING_SLACK_FACTOR * capacity.max(self.open.load(Ordering::Relaxed))
+            {
                 ring.compact();
             }
             self.sweep(&mut ring, capacity)
@@ -281,11 +289,15 @@ impl FileCache {
     /// outside the ring lock.
     fn sweep(&self, ring: &mut Ring, target: usize) -> Vec<Victim> {
         let mut victims = Vec::new();
-        let rounds_len = ring.slots.len();
+        // The sparing round is bounded: when most files are dirty (right
+        // after a start, every recovered active segment is) a full round per
+        // admission would make opening n files cost n² steps.
+        let first_round_len = ring.slots.len().min(SPARING_STEPS_MAX);
+        let rounds_len = first_round_len + ring.slots.len();
         let mut steps = 0;
         while self.open.load(Ordering::Relaxed) > target
             && !ring.slots.is_empty()
-            && steps < 2 * rounds_len
+            && steps < rounds_len
         {
             steps += 1;
             if ring.hand >= ring.slots.len() {
@@ -296,7 +308,7 @@ impl FileCache {
                 ring.slots.swap_remove(index);
                 continue;
             };
-            let first_round = steps <= rounds_len;
+            let first_round = steps <= first_round_len;
             let Some(mut file) = slot.file.try_lock() else {
                 ring.hand += 1;
                 continue;
@@ -400,8 +412,9 @@ impl CachedFile {
             file: Mutex::new(Some(file)),
             referenced: AtomicBool::new(true),
             in_ring: AtomicBool::new(false),
-            // What an earlier process wrote may still be only in the page cache.
-            dirty: AtomicBool::new(true),
+            // Clean until written: sealed segments were fsynced when they
+            // rolled, and recovery marks what it rewrites of the active one.
+            dirty: AtomicBool::new(false),
             sync_failure: Mutex::new(None),
         });
         cache.open.fetch_add(1, Ordering::Relaxed);
@@ -476,8 +489,7 @@ mod tests {
     fn files(cache: &Arc<FileCache>, dir: &Path, count: usize) -> Vec<CachedFile> {
         (0..count)
             .map(|i| {
-                CachedFile::open_in(cache, &dir.join(format!("{i}.log")), OpenMode::Create)
-                    .unwrap()
+                CachedFile::open_in(cache, &dir.join(format!("{i}.log")), OpenMode::Create).unwrap()
             })
             .collect()
     }
@@ -490,7 +502,11 @@ mod tests {
         for f in &files {
             f.take_dirty();
         }
-        assert!(cache.stats().open <= OPEN_FILES_MIN + 1, "{:?}", cache.stats());
+        assert!(
+            cache.stats().open <= OPEN_FILES_MIN + 1,
+            "{:?}",
+            cache.stats()
+        );
         for (i, f) in files.iter().enumerate() {
             let handle = f.get().unwrap();
             handle.write_all_at(&[i as u8], 0).unwrap();
@@ -505,7 +521,10 @@ mod tests {
             assert_eq!(byte[0], i as u8);
         }
         let stats = cache.stats();
-        assert!(stats.evictions_total > 0 && stats.eviction_syncs_total > 0, "{stats:?}");
+        assert!(
+            stats.evictions_total > 0 && stats.eviction_syncs_total > 0,
+            "{stats:?}"
+        );
         drop(files);
         assert_eq!(cache.stats().open, 0);
     }

@@ -111,7 +111,10 @@ impl<const N: usize> IndexFile<N> {
 
     /// Appends an entry. Callers keep keys non-decreasing.
     pub(crate) fn append(&mut self, entry: [u8; N]) -> io::Result<()> {
-        let written = self.file.get()?.write_all_at(&entry, self.entries * N as u64);
+        let written = self
+            .file
+            .get()?
+            .write_all_at(&entry, self.entries * N as u64);
         self.file.mark_dirty();
         written?;
         self.entries += 1;

@@ -35,6 +35,7 @@ pub mod batch;
 mod checkpoint;
 mod codec;
 mod config;
+pub mod dir_lock;
 mod error;
 pub mod file_cache;
 mod flush;
@@ -49,6 +50,7 @@ mod time_index;
 mod validator;
 
 pub use batch::TimestampType;
+pub use checkpoint::sync_dir;
 pub use codec::{
     DECOMPRESSED_BYTES_MAX, GZIP_LEVEL_DEFAULT, LZ4_LEVEL_DEFAULT, ZSTD_LEVEL_DEFAULT,
     ZSTD_WINDOW_LOG_MAX,
@@ -59,7 +61,9 @@ pub use config::{
 };
 pub use error::{kafka_code, AppendError, LogError, ReadError, RecordError, RECORD_ERRORS_MAX};
 pub use flush::{FlushScope, PendingFlush};
-pub use partition_log::{AppendInfo, PartitionLog, ReadInfo, LOG_DIR_ENTRIES_MAX};
+pub use partition_log::{
+    AppendInfo, PartitionLog, ReadInfo, CLEAN_SHUTDOWN_FILE, LOG_DIR_ENTRIES_MAX,
+};
 pub use records::find_record;
 pub use validator::{validate_produce, ValidatedRecords};
 

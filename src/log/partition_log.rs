@@ -41,6 +41,10 @@ use crate::log::segment::{
 };
 use crate::log::validator::{validate_produce, validate_records, ValidatedBatch, ValidatedRecords};
 
+/// Written in a log dir once every log in it was flushed at shutdown, and
+/// removed once the next start has loaded them (Kafka's name and rule).
+pub const CLEAN_SHUTDOWN_FILE: &str = ".kafka_cleanshutdown";
+
 /// A partition directory with more entries than this is refused rather than
 /// listed into memory: it is not something Fjord wrote.
 pub const LOG_DIR_ENTRIES_MAX: usize = 1_000_000;
@@ -158,6 +162,20 @@ impl PartitionLog {
     /// snapshot plus the batches after it; the log start offset comes from its
     /// checkpoint.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Self, LogError> {
+        Self::open_inner(dir, config, false)
+    }
+
+    /// [`open`](Self::open) after a clean shutdown (every log flushed and
+    /// the log dir's [`CLEAN_SHUTDOWN_FILE`] written): the active segment is
+    /// loaded like a sealed one (index sanity check and a scan of the tail
+    /// after the last index entry) instead of recovered batch by batch, as
+    /// Kafka skips recovery after a clean shutdown. A segment that fails
+    /// those checks is still recovered.
+    pub fn open_after_clean_shutdown(dir: &Path, config: LogConfig) -> Result<Self, LogError> {
+        Self::open_inner(dir, config, true)
+    }
+
+    fn open_inner(dir: &Path, config: LogConfig, clean: bool) -> Result<Self, LogError> {
         config.validate()?;
         fs::create_dir_all(dir).at(dir)?;
         let listing = DirListing::read(dir)?;
@@ -174,7 +192,7 @@ impl PartitionLog {
         let mut segments: Vec<LogSegment> = Vec::with_capacity(listing.log_bases.len());
         for (i, &base) in listing.log_bases.iter().enumerate() {
             let is_last = i + 1 == listing.log_bases.len();
-            let (mut segment, needs_recovery) = if is_last {
+            let (mut segment, needs_recovery) = if is_last && !clean {
                 (LogSegment::open_for_recovery(dir, base, &config)?, true)
             } else {
                 LogSegment::load(dir, base, &config)?

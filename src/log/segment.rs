@@ -133,8 +133,6 @@ impl LogSegment {
         } else {
             OpenMode::Create
         };
-        // A new file starts dirty: what an earlier process wrote may still
-        // be only in the page cache.
         let log_file = CachedFile::open(&log_path, mode).at(&log_path)?;
         let size_bytes = log_file
             .get()
@@ -260,6 +258,9 @@ impl LogSegment {
     /// truncates at the first bad byte and rebuilds both indexes. Returns the
     /// number of bytes cut off.
     pub(crate) fn recover(&mut self, config: &LogConfig) -> Result<u64, LogError> {
+        // What the process before us wrote may still be only in the page
+        // cache: the next flush covers it.
+        self.log_file.mark_dirty();
         self.offset_index.reset().at(self.offset_index.path())?;
         self.time_index.reset().at(self.time_index.path())?;
         self.next_offset = self.base_offset;
@@ -741,13 +742,8 @@ impl LogSegment {
             }
             None => 0,
         };
-        let mut scanner = BatchScanner::new(
-            &file,
-            from,
-            self.size_bytes,
-            HEADER_SCAN_CHUNK_BYTES,
-            false,
-        );
+        let mut scanner =
+            BatchScanner::new(&file, from, self.size_bytes, HEADER_SCAN_CHUNK_BYTES, false);
         let mut max = self.max_timestamp;
         while let Some(batch) = self.scan_next(&mut scanner)? {
             if batch.summary.max_timestamp > max.map_or(NO_TIMESTAMP, |m| m.timestamp) {

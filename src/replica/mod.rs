@@ -43,8 +43,8 @@ use uuid::Uuid;
 use crate::config::{BrokerConfig, FsyncPolicy};
 use crate::log::file_cache::is_descriptor_exhaustion;
 use crate::log::{
-    validate_produce, AppendError, AppendInfo, FlushScope, LogConfig, LogError, PartitionLog,
-    PendingFlush, ReadError, ReadInfo,
+    sync_dir, validate_produce, AppendError, AppendInfo, FlushScope, LogConfig, LogError,
+    PartitionLog, PendingFlush, ReadError, ReadInfo, CLEAN_SHUTDOWN_FILE,
 };
 
 /// First wait before reopening an offline partition.
@@ -282,10 +282,21 @@ impl Partition {
 
     /// Flushes without holding the log lock through the fsync (the
     /// `log.flush.interval.ms` task). Blocking.
+    ///
+    /// With `--fsync always` it also commits what it synced: an append whose
+    /// own group commit never ran (its request was abandoned when the client
+    /// left) becomes readable here at the latest.
     pub fn flush_blocking(&self) -> Result<(), LogError> {
         let _flushing = self.flush.lock();
-        let pending = self.log.lock().take_unflushed(FlushScope::All)?;
-        self.sync_captured(pending)
+        let (pending, end) = {
+            let mut log = self.log.lock();
+            (log.take_unflushed(FlushScope::All)?, log.log_end_offset())
+        };
+        self.sync_captured(pending)?;
+        if self.sync_before_ack() {
+            self.advance_high_watermark(end);
+        }
+        Ok(())
     }
 
     fn advance_high_watermark(&self, end: i64) {
@@ -350,6 +361,9 @@ pub struct ReplicaManager {
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Partitions whose logs could not be opened yet (retried in the background).
     unopened: Mutex<HashMap<TopicPartition, Unopened>>,
+    /// The last process shut down cleanly and this one has not finished
+    /// loading yet: logs load without recovering their active segment.
+    loading_after_clean_shutdown: AtomicBool,
 }
 
 impl ReplicaManager {
@@ -359,7 +373,33 @@ impl ReplicaManager {
             fsync: config.fsync,
             partitions: RwLock::new(HashMap::new()),
             unopened: Mutex::new(HashMap::new()),
+            loading_after_clean_shutdown: AtomicBool::new(
+                config.log_dirs.join(CLEAN_SHUTDOWN_FILE).exists(),
+            ),
         }
+    }
+
+    /// Ends startup loading: removes the clean-shutdown marker (durably,
+    /// before anything is written), so that a crash from now on recovers.
+    pub fn loading_done(&self) -> Result<(), LogError> {
+        if self
+            .loading_after_clean_shutdown
+            .swap(false, Ordering::SeqCst)
+        {
+            let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+            match std::fs::remove_file(&marker) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LogError::Io {
+                        path: marker,
+                        source,
+                    })
+                }
+            }
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     pub fn log_dir(&self) -> &Path {
@@ -389,7 +429,12 @@ impl ReplicaManager {
         if let Some(existing) = self.partitions.read().get(&tp) {
             return Ok(existing.clone());
         }
-        let log = PartitionLog::open(&self.dir.join(tp.dir_name()), config)?;
+        let dir = self.dir.join(tp.dir_name());
+        let log = if self.loading_after_clean_shutdown.load(Ordering::SeqCst) {
+            PartitionLog::open_after_clean_shutdown(&dir, config)?
+        } else {
+            PartitionLog::open(&dir, config)?
+        };
         let partition = Arc::new(Partition::new(tp.clone(), topic_id, log, self.fsync));
         self.unopened.lock().remove(&tp);
         Ok(self
@@ -525,12 +570,35 @@ impl ReplicaManager {
         }
     }
 
-    /// Flushes and closes every log (clean shutdown). Blocking.
+    /// Flushes and closes every log (clean shutdown). If every log was
+    /// online and flushed, writes the clean-shutdown marker so that the next
+    /// start need not recover. Blocking.
     pub fn shutdown(&self) {
         let partitions: Vec<_> = self.partitions.write().drain().map(|(_, p)| p).collect();
+        let mut clean = self.unopened.lock().is_empty();
         for partition in partitions {
-            if let Err(e) = partition.log.lock().flush() {
+            let _flushing = partition.flush.lock();
+            let log = partition.log.lock();
+            if log.is_offline() {
+                clean = false;
+                continue;
+            }
+            if let Err(e) = log.flush() {
+                clean = false;
                 tracing::error!(partition = %partition.tp.dir_name(), error = %e, "flush at shutdown failed");
+            }
+        }
+        if clean {
+            let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+            let written = std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| LogError::Io {
+                    path: marker.clone(),
+                    source,
+                })
+                .and_then(|()| sync_dir(&self.dir));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot write the clean-shutdown marker; the next start recovers every log");
             }
         }
     }
@@ -547,6 +615,7 @@ mod tests {
             fsync,
             partitions: RwLock::new(HashMap::new()),
             unopened: Mutex::new(HashMap::new()),
+            loading_after_clean_shutdown: AtomicBool::new(false),
         }
     }
 
