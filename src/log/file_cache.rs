@@ -360,10 +360,23 @@ impl FileCache {
 }
 
 impl Ring {
+    /// Drops dead slots and slots whose descriptor is closed (closed by
+    /// [`CachedFile::close_if_idle`], which leaves them listed): after it the
+    /// ring holds only open files, so compaction runs O(1) times per file
+    /// admitted. A slot whose file lock is busy is kept.
     fn compact(&mut self) {
         self.slots.retain(|weak| {
-            weak.upgrade()
-                .is_some_and(|slot| slot.in_ring.load(Ordering::Relaxed))
+            let Some(slot) = weak.upgrade() else {
+                return false;
+            };
+            if !slot.in_ring.load(Ordering::Relaxed) {
+                return false;
+            }
+            let open = slot.file.try_lock().map_or(true, |file| file.is_some());
+            if !open {
+                slot.in_ring.store(false, Ordering::Relaxed);
+            }
+            open
         });
         self.hand = 0;
     }
@@ -577,5 +590,30 @@ mod tests {
         assert!(is_exhaustion(&io::Error::from_raw_os_error(libc::EMFILE)));
         assert!(is_exhaustion(&io::Error::from_raw_os_error(libc::ENFILE)));
         assert!(!is_exhaustion(&io::Error::from_raw_os_error(libc::EIO)));
+    }
+
+    #[test]
+    fn files_closed_while_idle_do_not_pile_up_in_the_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::new(64);
+        // Like loading sealed segments: opened, checked, closed until read.
+        let files: Vec<CachedFile> = (0..2_000)
+            .map(|i| {
+                let f =
+                    CachedFile::open_in(&cache, &dir.path().join(format!("{i}")), OpenMode::Create)
+                        .unwrap();
+                f.close_if_idle();
+                f
+            })
+            .collect();
+        let listed = cache.ring.lock().slots.len();
+        assert!(
+            listed <= RING_SLACK_FACTOR * 64 + 1,
+            "{listed} slots listed for {} open files",
+            cache.stats().open
+        );
+        // They still reopen on use, and are listed again.
+        files[7].get().unwrap();
+        assert!(files[7].is_open());
     }
 }

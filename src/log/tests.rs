@@ -883,7 +883,11 @@ fn after_a_clean_shutdown_the_active_segment_loads_unrecovered_with_the_same_sta
     assert_eq!(log.segment_base_offsets(), segments);
     assert_eq!(read_all(&log, 0), records);
     assert_eq!(log.producer_state(7), Some((1, 74)));
-    assert!(log.append(&idempotent(7, 1, 72, 3), 0, NOW_MS).unwrap().duplicate);
+    assert!(
+        log.append(&idempotent(7, 1, 72, 3), 0, NOW_MS)
+            .unwrap()
+            .duplicate
+    );
     let next = log.append(&batch(2), 0, NOW_MS).unwrap();
     assert_eq!(next.base_offset, end);
     log.close().unwrap();
