@@ -21,8 +21,9 @@ use crate::cluster::{
 use crate::config::{BrokerConfig, ConfigSources};
 use crate::coordinator::group_coordinator::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::producer_id::ProducerIdManager;
-use crate::log::LogConfig;
-use crate::replica::{ReplicaManager, TopicPartition};
+use crate::log::dir_lock::LogDirLock;
+use crate::log::{file_cache, LogConfig};
+use crate::replica::{Opened, ReplicaManager, TopicPartition, REOPEN_CHECK_INTERVAL};
 
 /// Everything the API handlers share.
 pub struct Broker {
@@ -34,6 +35,8 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     /// The shared budget for topics auto-created by Metadata.
     pub auto_create_rate: AutoCreateRate,
+    /// This process's hold on `log.dirs` (released at exit).
+    _dir_lock: LogDirLock,
 }
 
 /// A Kafka error with its message, as handlers pass them around.
@@ -43,7 +46,13 @@ impl Broker {
     /// Opens the data directory and recovers every partition. Blocking.
     pub fn open(config_sources: ConfigSources) -> anyhow::Result<Broker> {
         let config = Arc::new(config_sources.build()?);
-        std::fs::create_dir_all(&config.log_dirs)?;
+        std::fs::create_dir_all(&config.log_dirs).map_err(|e| {
+            anyhow::anyhow!("cannot create log.dirs {}: {e}", config.log_dirs.display())
+        })?;
+        // Before anything is read: a second broker on these files would
+        // interleave its writes with ours.
+        let dir_lock = LogDirLock::acquire(&config.log_dirs)?;
+        size_descriptor_cache(&config);
         let metadata = ClusterMetadata::open(&config.log_dirs, config.node_id)?;
         let replicas = ReplicaManager::new(&config);
         let producer_ids = ProducerIdManager::open(&config.log_dirs)?;
@@ -56,20 +65,35 @@ impl Broker {
             replicas,
             producer_ids,
             groups,
+            _dir_lock: dir_lock,
         };
         broker.check_stored_state()?;
+        let mut deferred = 0usize;
         for topic in broker.metadata.topics() {
             let log_config = broker.log_config(&topic);
             for partition in 0..topic.partitions {
-                broker
-                    .replicas
-                    .open_partition(
-                        TopicPartition::new(&topic.name, partition),
-                        topic.id,
-                        log_config.clone(),
-                    )
-                    .map_err(|e| anyhow::anyhow!("recovering {}-{partition}: {e}", topic.name))?;
+                // A partition that cannot be opened (descriptors, a bad
+                // disk) is offline, not fatal: it is retried in the
+                // background and the others serve meanwhile.
+                let opened = broker.replicas.open_partition_or_defer(
+                    TopicPartition::new(&topic.name, partition),
+                    topic.id,
+                    log_config.clone(),
+                );
+                if matches!(opened, Opened::Deferred(_)) {
+                    deferred += 1;
+                }
             }
+        }
+        broker
+            .replicas
+            .loading_done()
+            .map_err(|e| anyhow::anyhow!("removing the clean-shutdown marker: {e}"))?;
+        if deferred > 0 {
+            tracing::warn!(
+                deferred,
+                "some partitions could not be opened at startup; they are offline and retried"
+            );
         }
         broker.ensure_offsets_topic()?;
         broker.groups.load(&broker)?;
@@ -407,6 +431,35 @@ impl Broker {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one and sizes the segment
+/// descriptor cache from it (or from `log.open.files.max`).
+fn size_descriptor_cache(config: &BrokerConfig) {
+    let limit = match file_cache::raise_descriptor_limit() {
+        Ok((before, now, hard)) => {
+            if now > before {
+                tracing::info!(before, now, hard, "raised the soft RLIMIT_NOFILE");
+            }
+            now
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise RLIMIT_NOFILE; assuming 1024");
+            1024
+        }
+    };
+    let capacity = file_cache::capacity_for_limit(
+        limit,
+        config.max_connections,
+        config.resources.log_open_files_max,
+    );
+    file_cache::set_capacity(capacity);
+    tracing::info!(
+        rlimit_nofile = limit,
+        max_connections = config.max_connections,
+        segment_files_open_max = capacity,
+        "segment file descriptor cache sized"
+    );
+}
+
 /// A directory already at a new partition's path holds nobody's data (its
 /// topic is not registered): move it aside rather than adopt its records.
 /// Anything else at that path is refused: it is not ours to move.
@@ -447,6 +500,7 @@ pub async fn run(
     );
 
     let apis = Arc::new(KafkaApis::new(broker.clone()));
+    let budget = crate::network::RequestBudget::new(config.resources.queued_max_request_bytes);
     let mut servers = Vec::new();
     for listener in &config.listeners {
         let addr = listener.bind_addr()?;
@@ -457,6 +511,7 @@ pub async fn run(
         servers.push(tokio::spawn(crate::network::serve(
             socket,
             apis.clone(),
+            budget.clone(),
             shutdown.clone(),
         )));
     }
@@ -481,8 +536,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Periodic flush (`log.flush.interval.ms`) and retention
-/// (`log.retention.check.interval.ms`), each on a blocking thread.
+/// Periodic flush (`log.flush.interval.ms`), retention
+/// (`log.retention.check.interval.ms`) and reopening of offline partitions,
+/// each on a blocking thread.
 async fn background_tasks(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let config = broker.config.clone();
     let mut flush =
@@ -490,6 +546,8 @@ async fn background_tasks(broker: Arc<Broker>, mut shutdown: watch::Receiver<boo
     let mut retention = tokio::time::interval(Duration::from_millis(
         config.log_retention_check_interval_ms.max(1),
     ));
+    let mut reopen = tokio::time::interval(REOPEN_CHECK_INTERVAL);
+    reopen.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -499,6 +557,10 @@ async fn background_tasks(broker: Arc<Broker>, mut shutdown: watch::Receiver<boo
             _ = flush.tick() => {
                 let b = broker.clone();
                 let _ = tokio::task::spawn_blocking(move || b.replicas.flush_all()).await;
+            }
+            _ = reopen.tick() => {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.replicas.retry_offline()).await;
             }
             _ = retention.tick() => {
                 let b = broker.clone();

@@ -102,6 +102,8 @@ pub struct BrokerConfig {
     pub group: GroupConfig,
     pub offsets: OffsetsConfig,
     pub rack: Option<String>,
+    /// Resource limits: request memory and segment file descriptors.
+    pub resources: ResourceLimits,
     /// Broker-wide cap on partitions (`max.broker.partitions`, KIP-578's name).
     pub max_broker_partitions: i64,
     /// Topics one Metadata request may auto-create (`auto.create.topics.max.per.request`).
@@ -110,6 +112,23 @@ pub struct BrokerConfig {
     pub auto_create_topics_max_per_second: u32,
     /// Cap on a DescribeTopicPartitions page (`max.request.partition.size.limit`).
     pub max_request_partition_size_limit: i32,
+}
+
+/// Bounds on the memory requests may hold and on the descriptors segment
+/// files may keep open (see the README's "Limits").
+#[derive(Clone, Debug)]
+pub struct ResourceLimits {
+    /// `queued.max.request.bytes`: bytes of requests read but not yet
+    /// handled, broker-wide (Kafka: -1, unlimited; here finite and at least
+    /// `socket.request.max.bytes`, so that any admitted size can be read).
+    pub queued_max_request_bytes: usize,
+    /// `connection.max.inflight.bytes`: read-ahead bytes per connection; a
+    /// single larger request is still read once nothing else of its
+    /// connection is in flight.
+    pub connection_max_inflight_bytes: usize,
+    /// `log.open.files.max`: segment file descriptors kept open; 0 derives
+    /// it from RLIMIT_NOFILE (`log::file_cache::capacity_for_limit`).
+    pub log_open_files_max: usize,
 }
 
 /// Built-in defaults: Kafka's values where Kafka has the property.
@@ -158,6 +177,17 @@ const DEFAULTS: &[(&str, &str)] = &[
     // Kafka's default is unlimited; every limit here has a finite value.
     ("group.max.size", "10000"),
     ("broker.rack", ""),
+    // ---- Resource limits (request memory, descriptors) ----
+    // Kafka's name; Kafka's default is -1 (unlimited). 256 MiB: room for two
+    // requests of the largest size (socket.request.max.bytes, 100 MiB) plus
+    // many ordinary ones, and a known ceiling on what clients can make the
+    // broker buffer.
+    ("queued.max.request.bytes", "268435456"),
+    // Fjord: read-ahead bytes per connection (16 MiB: a few full produce
+    // requests of a pipelining client).
+    ("connection.max.inflight.bytes", "16777216"),
+    // Fjord: segment file descriptors kept open; 0 = derived from RLIMIT_NOFILE.
+    ("log.open.files.max", "0"),
     // Topic-config defaults (each is the broker synonym of a topic config).
     ("log.index.size.max.bytes", "10485760"),
     ("log.message.timestamp.before.max.ms", "9223372036854775807"),
@@ -403,6 +433,7 @@ impl ConfigSources {
                 metadata_max_bytes: self.num("offset.metadata.max.bytes")?,
             },
             rack: Some(self.get("broker.rack").to_string()).filter(|r| !r.is_empty()),
+            resources: self.resource_limits()?,
             max_broker_partitions: self.num("max.broker.partitions")?,
             auto_create_topics_max_per_request: self.num("auto.create.topics.max.per.request")?,
             auto_create_topics_max_per_second: self.num("auto.create.topics.max.per.second")?,
@@ -431,6 +462,31 @@ impl ConfigSources {
             bail!("socket.request.max.bytes must be at least 1024");
         }
         Ok(config)
+    }
+
+    /// The resource-limit block: parsed and checked on its own.
+    fn resource_limits(&self) -> Result<ResourceLimits> {
+        let queued: i64 = self.num("queued.max.request.bytes")?;
+        let socket_request_max_bytes: i64 = self.num("socket.request.max.bytes")?;
+        if queued < socket_request_max_bytes {
+            bail!(
+                "queued.max.request.bytes={queued} must be at least socket.request.max.bytes={socket_request_max_bytes} \
+                 (Fjord needs a finite budget; -1 is not accepted)"
+            );
+        }
+        let limits = ResourceLimits {
+            queued_max_request_bytes: usize::try_from(queued)?,
+            connection_max_inflight_bytes: self.num("connection.max.inflight.bytes")?,
+            log_open_files_max: self.num("log.open.files.max")?,
+        };
+        if limits.connection_max_inflight_bytes == 0 {
+            bail!("connection.max.inflight.bytes must be at least 1");
+        }
+        // Semaphore permits are counted in u32 per request and usize overall.
+        if limits.queued_max_request_bytes > (usize::MAX >> 4) {
+            bail!("queued.max.request.bytes is too large");
+        }
+        Ok(limits)
     }
 
     /// The effective properties, for DescribeConfigs on the broker resource.
@@ -1280,6 +1336,10 @@ mod tests {
             ("listeners", "nonsense"),
             ("log.fsync", "sometimes"),
             ("auto.create.topics.enable", "yes"),
+            ("queued.max.request.bytes", "-1"),
+            ("queued.max.request.bytes", "1000"),
+            ("connection.max.inflight.bytes", "0"),
+            ("log.open.files.max", "-5"),
         ] {
             let mut sources = ConfigSources::new();
             sources.set(k, v).expect("known key");

@@ -61,10 +61,14 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -
             let partition = match &name {
                 None if version >= 13 => Err(ResponseError::UnknownTopicId),
                 None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(name) => broker
-                    .replicas
-                    .get(name, p.partition)
-                    .ok_or(ResponseError::UnknownTopicOrPartition),
+                Some(name) => broker.replicas.get(name, p.partition).ok_or(
+                    // Not opened yet (retried in the background): retriable.
+                    if broker.replicas.is_offline(name, p.partition) {
+                        ResponseError::KafkaStorageError
+                    } else {
+                        ResponseError::UnknownTopicOrPartition
+                    },
+                ),
             };
             slots.push(Slot {
                 topic_index,

@@ -183,19 +183,25 @@ fn topic_response(broker: &Broker, version: i16, topic: &TopicMeta) -> MetadataR
             let mut p = MetadataResponsePartition::default();
             p.partition_index = index;
             p.leader_id = node;
+            p.replica_nodes = vec![node];
             match broker.replicas.get(&topic.name, index) {
-                Some(partition) => {
+                Some(partition) if !partition.is_offline() => {
                     if version >= 7 {
                         p.leader_epoch = partition.leader_epoch();
                     }
+                    p.isr_nodes = vec![node];
                 }
-                None => {
+                // An offline log (or one not opened yet) has no leader until
+                // it is reopened, and its replica is listed offline (v5+),
+                // as Kafka lists replicas on a failed log dir.
+                _ => {
                     p.error_code = ResponseError::LeaderNotAvailable.code();
                     p.leader_id = BrokerId(-1);
+                    if version >= 5 {
+                        p.offline_replicas = vec![node];
+                    }
                 }
             }
-            p.replica_nodes = vec![node];
-            p.isr_nodes = vec![node];
             p
         })
         .collect();

@@ -125,9 +125,14 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
             }
             let name = names[item.topic_index].as_deref().unwrap_or_default();
             let Some(target) = b.replicas.get(name, item.partition_index) else {
-                item.result = Some(Err(
-                    (ResponseError::UnknownTopicOrPartition, String::new()).into()
-                ));
+                // A partition whose log could not be opened yet is retried
+                // in the background: a retriable storage error, not "unknown".
+                let code = if b.replicas.is_offline(name, item.partition_index) {
+                    ResponseError::KafkaStorageError
+                } else {
+                    ResponseError::UnknownTopicOrPartition
+                };
+                item.result = Some(Err((code, String::new()).into()));
                 continue;
             };
             let result = append_one(&target, name, item.records.take(), now, version);

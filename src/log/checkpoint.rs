@@ -21,7 +21,7 @@ const CHECKPOINT_VERSION: u32 = 0;
 const CHECKPOINT_BYTES_MAX: u64 = 64;
 
 /// Makes the directory's entries (new, renamed, removed files) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 

@@ -7,26 +7,30 @@
 //! log grows, and the page cache does the caching. The file is never
 //! preallocated: its length is always `entries × N`, so a crash leaves at most
 //! one torn entry, which open() drops.
+//!
+//! Descriptors: the file is a [`CachedFile`], so an index that is not being
+//! used holds no descriptor. Memory-mapping would free the descriptor too,
+//! but an append-grown file would have to be remapped on every growth or
+//! preallocated (Kafka preallocates and trims on close, so a crash leaves a
+//! file of zeros to repair); positional reads through the page cache cost a
+//! syscall per probe, which the tail fast path and the sparse entries keep
+//! rare, and need no unsafe code.
 
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
+use crate::log::file_cache::{CachedFile, OpenMode};
 use crate::log::flush::PendingFlush;
 
 /// An index file of `N`-byte entries whose first field (the key) never decreases.
 #[derive(Debug)]
 pub(crate) struct IndexFile<const N: usize> {
-    path: PathBuf,
-    /// Shared with a [`PendingFlush`] so the fsync can run without the
-    /// partition lock.
-    file: Arc<File>,
+    /// Opened on demand; its dirty flag says whether it changed since the
+    /// last flush was taken (a clean index is not fsynced: on ext4 even a
+    /// clean fsync costs a disk cache flush).
+    file: CachedFile,
     entries: u64,
-    /// Changed since the last flush was taken: a clean index is not fsynced
-    /// (on ext4 even a clean fsync costs a disk cache flush).
-    dirty: bool,
     entries_max: u64,
     last_entry: Option<[u8; N]>,
 }
@@ -35,23 +39,26 @@ impl<const N: usize> IndexFile<N> {
     /// Opens or creates the file. A torn trailing partial entry is cut off.
     /// `entries_max` is where the index reports full (the segment then rolls).
     pub(crate) fn open(path: &Path, entries_max: u64) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let len_bytes = file.metadata()?.len();
+        Self::open_with(path, entries_max, OpenMode::Create)
+    }
+
+    /// Creates the file empty (or empties an existing one).
+    pub(crate) fn create(path: &Path, entries_max: u64) -> io::Result<Self> {
+        Self::open_with(path, entries_max, OpenMode::CreateTruncate)
+    }
+
+    fn open_with(path: &Path, entries_max: u64, mode: OpenMode) -> io::Result<Self> {
+        let file = CachedFile::open(path, mode)?;
+        let handle = file.get()?;
+        let len_bytes = handle.metadata()?.len();
         let entries = len_bytes / N as u64;
         if len_bytes % N as u64 != 0 {
-            file.set_len(entries * N as u64)?;
+            handle.set_len(entries * N as u64)?;
         }
+        drop(handle);
         let mut index = Self {
-            path: path.to_path_buf(),
-            file: Arc::new(file),
+            file,
             entries,
-            // What an earlier process wrote may still be only in the page cache.
-            dirty: true,
             entries_max: entries_max.max(1),
             last_entry: None,
         };
@@ -62,7 +69,20 @@ impl<const N: usize> IndexFile<N> {
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
+    }
+
+    /// Opens the descriptor (if closed) and returns it; holding it keeps it
+    /// open, so a multi-file change cannot fail half-way for want of one.
+    pub(crate) fn pin(&self) -> io::Result<std::sync::Arc<std::fs::File>> {
+        self.file.get()
+    }
+
+    /// Declares the file durable as it is (a sealed, checked segment's
+    /// index) and closes its descriptor if nobody uses it.
+    pub(crate) fn mark_clean_and_close(&self) {
+        self.file.take_dirty();
+        self.file.close_if_idle();
     }
 
     pub(crate) fn entries(&self) -> u64 {
@@ -85,14 +105,18 @@ impl<const N: usize> IndexFile<N> {
     pub(crate) fn read_entry(&self, i: u64) -> io::Result<[u8; N]> {
         debug_assert!(i < self.entries);
         let mut entry = [0u8; N];
-        self.file.read_exact_at(&mut entry, i * N as u64)?;
+        self.file.get()?.read_exact_at(&mut entry, i * N as u64)?;
         Ok(entry)
     }
 
     /// Appends an entry. Callers keep keys non-decreasing.
     pub(crate) fn append(&mut self, entry: [u8; N]) -> io::Result<()> {
-        self.dirty = true;
-        self.file.write_all_at(&entry, self.entries * N as u64)?;
+        let written = self
+            .file
+            .get()?
+            .write_all_at(&entry, self.entries * N as u64);
+        self.file.mark_dirty();
+        written?;
         self.entries += 1;
         self.last_entry = Some(entry);
         Ok(())
@@ -132,8 +156,9 @@ impl<const N: usize> IndexFile<N> {
         if entries >= self.entries {
             return Ok(());
         }
-        self.dirty = true;
-        self.file.set_len(entries * N as u64)?;
+        let cut = self.file.get()?.set_len(entries * N as u64);
+        self.file.mark_dirty();
+        cut?;
         self.entries = entries;
         self.last_entry = if entries > 0 {
             Some(self.read_entry(entries - 1)?)
@@ -144,14 +169,17 @@ impl<const N: usize> IndexFile<N> {
     }
 
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.take_dirty();
+        let synced = self.file.get().and_then(|f| f.sync_data());
+        if synced.is_err() {
+            self.file.mark_dirty();
+        }
+        synced
     }
 
     /// Adds this file to `flush` if it changed since the last time.
     pub(crate) fn take_unflushed(&mut self, flush: &mut PendingFlush) {
-        if std::mem::take(&mut self.dirty) {
-            flush.add(self.file.clone(), &self.path);
-        }
+        flush.capture(&self.file);
     }
 }
 
@@ -172,7 +200,10 @@ mod tests {
         index.append(5i64.to_be_bytes()).unwrap();
         index.append(9i64.to_be_bytes()).unwrap();
         drop(index);
-        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         file.write_all_at(&[1, 2, 3], 16).unwrap();
         let index = IndexFile::<8>::open(&path, 100).unwrap();
         assert_eq!(index.entries(), 2);

@@ -18,6 +18,7 @@
 //! - `validator` — produce-time checks (headers, CRCs, every record) and
 //!   the rebuild for a topic's `compression.type`, before anything is written
 //! - `index_file`, `offset_index`, `time_index` — the sparse indexes
+//! - [`file_cache`] — the process-wide cache of segment file descriptors
 //! - `scanner` — bounded sequential walks over a segment's batches
 //! - `segment` — one segment: append, read, lookups, recovery, truncation
 //! - `producer_state` — idempotent producers: epochs, sequences, snapshots
@@ -34,7 +35,9 @@ pub mod batch;
 mod checkpoint;
 mod codec;
 mod config;
+pub mod dir_lock;
 mod error;
+pub mod file_cache;
 mod flush;
 mod index_file;
 mod offset_index;
@@ -47,6 +50,7 @@ mod time_index;
 mod validator;
 
 pub use batch::TimestampType;
+pub use checkpoint::sync_dir;
 pub use codec::{
     DECOMPRESSED_BYTES_MAX, GZIP_LEVEL_DEFAULT, LZ4_LEVEL_DEFAULT, ZSTD_LEVEL_DEFAULT,
     ZSTD_WINDOW_LOG_MAX,
@@ -57,7 +61,9 @@ pub use config::{
 };
 pub use error::{kafka_code, AppendError, LogError, ReadError, RecordError, RECORD_ERRORS_MAX};
 pub use flush::{FlushScope, PendingFlush};
-pub use partition_log::{AppendInfo, PartitionLog, ReadInfo, LOG_DIR_ENTRIES_MAX};
+pub use partition_log::{
+    AppendInfo, PartitionLog, ReadInfo, CLEAN_SHUTDOWN_FILE, LOG_DIR_ENTRIES_MAX,
+};
 pub use records::find_record;
 pub use validator::{validate_produce, ValidatedRecords};
 

@@ -47,6 +47,14 @@ impl OffsetIndex {
         })
     }
 
+    /// Creates the index empty (or empties an existing file).
+    pub(crate) fn create(path: &Path, base_offset: i64, index_bytes_max: u64) -> io::Result<Self> {
+        Ok(Self {
+            base_offset,
+            file: IndexFile::create(path, index_bytes_max / OFFSET_INDEX_ENTRY_BYTES as u64)?,
+        })
+    }
+
     fn decode(&self, entry: &[u8; OFFSET_INDEX_ENTRY_BYTES]) -> OffsetPosition {
         let relative = i32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
         let position = u32::from_be_bytes([entry[4], entry[5], entry[6], entry[7]]);
@@ -168,6 +176,16 @@ impl OffsetIndex {
 
     pub(crate) fn take_unflushed(&mut self, flush: &mut crate::log::flush::PendingFlush) {
         self.file.take_unflushed(flush);
+    }
+
+    /// See [`IndexFile::pin`].
+    pub(crate) fn pin(&self) -> io::Result<std::sync::Arc<std::fs::File>> {
+        self.file.pin()
+    }
+
+    /// See [`IndexFile::mark_clean_and_close`].
+    pub(crate) fn mark_clean_and_close(&self) {
+        self.file.mark_clean_and_close();
     }
 }
 

@@ -11,7 +11,12 @@
 //! new one exists, so after a crash only the active segment can be torn, and
 //! open() validates every batch of it (and of any segment with a damaged
 //! index). Any I/O failure that leaves memory and disk out of step takes the
-//! log offline until it is reopened, as Kafka takes a log directory offline.
+//! log offline until it is reopened, as Kafka takes a log directory offline;
+//! the replica layer reopens it in the background (recovery runs again).
+//! Running out of file descriptors is not such a failure: every step that
+//! changes files pins its descriptors before changing anything, so an
+//! EMFILE/ENFILE fails the request (KAFKA_STORAGE_ERROR, retriable) and
+//! leaves the log online.
 
 use std::borrow::Cow;
 use std::fs;
@@ -25,6 +30,7 @@ use crate::log::batch::{BatchHeader, BatchSummary, RecordBatchMut, TimestampType
 use crate::log::checkpoint::{read_log_start_offset, sync_dir, write_log_start_offset, TMP_SUFFIX};
 use crate::log::config::LogConfig;
 use crate::log::error::{AppendError, IoContext, LogError, ReadError};
+use crate::log::file_cache::is_descriptor_exhaustion;
 use crate::log::flush::{FlushScope, PendingFlush};
 use crate::log::producer_state::{
     snapshot_path, AppendOrigin, ProducerAppendInfo, ProducerStateManager, SnapshotError,
@@ -34,6 +40,10 @@ use crate::log::segment::{
     file_stem, parse_file_stem, LogSegment, ReadLimits, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
 use crate::log::validator::{validate_produce, validate_records, ValidatedBatch, ValidatedRecords};
+
+/// Written in a log dir once every log in it was flushed at shutdown, and
+/// removed once the next start has loaded them (Kafka's name and rule).
+pub const CLEAN_SHUTDOWN_FILE: &str = ".kafka_cleanshutdown";
 
 /// A partition directory with more entries than this is refused rather than
 /// listed into memory: it is not something Fjord wrote.
@@ -152,6 +162,20 @@ impl PartitionLog {
     /// snapshot plus the batches after it; the log start offset comes from its
     /// checkpoint.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Self, LogError> {
+        Self::open_inner(dir, config, false)
+    }
+
+    /// [`open`](Self::open) after a clean shutdown (every log flushed and
+    /// the log dir's [`CLEAN_SHUTDOWN_FILE`] written): the active segment is
+    /// loaded like a sealed one (index sanity check and a scan of the tail
+    /// after the last index entry) instead of recovered batch by batch, as
+    /// Kafka skips recovery after a clean shutdown. A segment that fails
+    /// those checks is still recovered.
+    pub fn open_after_clean_shutdown(dir: &Path, config: LogConfig) -> Result<Self, LogError> {
+        Self::open_inner(dir, config, true)
+    }
+
+    fn open_inner(dir: &Path, config: LogConfig, clean: bool) -> Result<Self, LogError> {
         config.validate()?;
         fs::create_dir_all(dir).at(dir)?;
         let listing = DirListing::read(dir)?;
@@ -168,7 +192,7 @@ impl PartitionLog {
         let mut segments: Vec<LogSegment> = Vec::with_capacity(listing.log_bases.len());
         for (i, &base) in listing.log_bases.iter().enumerate() {
             let is_last = i + 1 == listing.log_bases.len();
-            let (mut segment, needs_recovery) = if is_last {
+            let (mut segment, needs_recovery) = if is_last && !clean {
                 (LogSegment::open_for_recovery(dir, base, &config)?, true)
             } else {
                 LogSegment::load(dir, base, &config)?
@@ -309,11 +333,16 @@ impl PartitionLog {
     }
 
     /// Runs a step whose failure may leave disk and memory apart; on failure
-    /// the log goes offline.
+    /// the log goes offline, unless the step only failed to get a file
+    /// descriptor (then it changed nothing: see the module doc).
     fn or_offline<T>(&mut self, result: Result<T, LogError>) -> Result<T, LogError> {
         if let Err(error) = &result {
-            warn!(dir = %self.dir.display(), %error, "log going offline");
-            self.offline = true;
+            if is_descriptor_exhaustion(error) {
+                warn!(dir = %self.dir.display(), %error, "out of file descriptors; the request fails, the log stays online");
+            } else {
+                warn!(dir = %self.dir.display(), %error, "log going offline");
+                self.offline = true;
+            }
         }
         result
     }

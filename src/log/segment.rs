@@ -7,8 +7,16 @@
 //! positions in it are 32-bit because segments are capped at 2 GiB - 1.
 //! Reads use positional I/O (`read_at`) so any number of readers share the
 //! file handle with the single writer's `&mut` appends serialised above.
+//!
+//! Descriptors: all three files are [`CachedFile`]s, opened through the
+//! process-wide descriptor cache and closed by it when idle, so a segment
+//! nobody reads costs no descriptor. An operation that changes more than one
+//! file pins all three descriptors first ([`LogSegment::pin`]): running out
+//! of descriptors can then only fail it before anything changed, and the
+//! caller may retry instead of taking the log offline. A sealed segment
+//! checked at load gives its descriptors back at once.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +28,7 @@ use tracing::{debug, warn};
 use crate::log::batch::{BatchHeader, BatchSummary, RecordBatch, HEADER_BYTES, NO_TIMESTAMP};
 use crate::log::config::LogConfig;
 use crate::log::error::{IoContext, LogError};
+use crate::log::file_cache::{CachedFile, OpenMode};
 use crate::log::flush::{FlushScope, PendingFlush};
 use crate::log::offset_index::OffsetIndex;
 use crate::log::records::find_record;
@@ -83,10 +92,10 @@ pub(crate) struct SegmentWriteError {
 pub(crate) struct LogSegment {
     base_offset: i64,
     log_path: PathBuf,
-    /// Shared with a [`PendingFlush`] (the fsync runs without the partition lock).
-    log_file: Arc<File>,
-    /// Written or truncated since the last flush was captured.
-    log_dirty: bool,
+    /// Opened on demand; a captured [`PendingFlush`] pins its descriptor (the
+    /// fsync runs without the partition lock). Its dirty flag says whether
+    /// it was written or truncated since the last flush was captured.
+    log_file: CachedFile,
     size_bytes: u64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
@@ -119,29 +128,35 @@ impl LogSegment {
         truncate: bool,
     ) -> Result<Self, LogError> {
         let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
-        let log_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(truncate)
-            .open(&log_path)
-            .at(&log_path)?;
-        let size_bytes = log_file.metadata().at(&log_path)?.len();
+        let mode = if truncate {
+            OpenMode::CreateTruncate
+        } else {
+            OpenMode::Create
+        };
+        let log_file = CachedFile::open(&log_path, mode).at(&log_path)?;
+        let size_bytes = log_file
+            .get()
+            .and_then(|f| f.metadata())
+            .at(&log_path)?
+            .len();
         let index_bytes_max = config.segment_index_bytes_effective();
-        let mut offset_index =
-            OffsetIndex::open(&index_path, base_offset, index_bytes_max).at(&index_path)?;
-        let mut time_index =
-            TimeIndex::open(&time_index_path, base_offset, index_bytes_max).at(&time_index_path)?;
-        if truncate {
-            offset_index.reset().at(&index_path)?;
-            time_index.reset().at(&time_index_path)?;
-        }
+        let (offset_index, time_index) = if truncate {
+            (
+                OffsetIndex::create(&index_path, base_offset, index_bytes_max).at(&index_path)?,
+                TimeIndex::create(&time_index_path, base_offset, index_bytes_max)
+                    .at(&time_index_path)?,
+            )
+        } else {
+            (
+                OffsetIndex::open(&index_path, base_offset, index_bytes_max).at(&index_path)?,
+                TimeIndex::open(&time_index_path, base_offset, index_bytes_max)
+                    .at(&time_index_path)?,
+            )
+        };
         Ok(Self {
             base_offset,
             log_path,
-            log_file: Arc::new(log_file),
-            // What an earlier process wrote may still be only in the page cache.
-            log_dirty: true,
+            log_file,
             size_bytes,
             offset_index,
             time_index,
@@ -202,8 +217,9 @@ impl LogSegment {
         // The tail after the last index entry tells the next offset; scanning it
         // also proves the index points at real batches.
         let start = segment.offset_index.last_entry().map_or(0, |e| e.position);
+        let file = segment.log_file.get().at(&segment.log_path)?;
         let mut scanner = BatchScanner::new(
-            &segment.log_file,
+            &file,
             start,
             segment.size_bytes,
             HEADER_SCAN_CHUNK_BYTES,
@@ -227,8 +243,14 @@ impl LogSegment {
                 }
             }
         }
+        drop(scanner);
+        drop(file);
         segment.next_offset = next_offset.unwrap_or(base_offset);
         segment.max_timestamp = segment.time_index.last_entry();
+        // A sealed segment was fsynced whole when it was sealed, so nothing
+        // of it waits for a flush; and it may not be read for a long time,
+        // so it gives its descriptors back until then.
+        segment.release_clean_descriptors();
         Ok((segment, false))
     }
 
@@ -236,6 +258,9 @@ impl LogSegment {
     /// truncates at the first bad byte and rebuilds both indexes. Returns the
     /// number of bytes cut off.
     pub(crate) fn recover(&mut self, config: &LogConfig) -> Result<u64, LogError> {
+        // What the process before us wrote may still be only in the page
+        // cache: the next flush covers it.
+        self.log_file.mark_dirty();
         self.offset_index.reset().at(self.offset_index.path())?;
         self.time_index.reset().at(self.time_index.path())?;
         self.next_offset = self.base_offset;
@@ -244,8 +269,8 @@ impl LogSegment {
         self.bytes_since_last_index_entry = 0;
         self.index_interval_bytes = config.index_interval_bytes as u64;
         let file_bytes = self.size_bytes;
-        // A second handle lets the scanner read while the indexes are written.
-        let file = self.log_file.try_clone().at(&self.log_path)?;
+        // Pinned: the scanner reads while the indexes are written.
+        let (file, _index_pins) = self.pin()?;
         let mut scanner = BatchScanner::new(&file, 0, file_bytes, RECOVERY_SCAN_CHUNK_BYTES, true);
         let mut valid_bytes = 0u64;
         loop {
@@ -278,9 +303,11 @@ impl LogSegment {
                 }
             }
         }
+        drop(scanner);
         if valid_bytes < file_bytes {
-            self.log_dirty = true;
-            self.log_file.set_len(valid_bytes).at(&self.log_path)?;
+            let cut = file.set_len(valid_bytes);
+            self.log_file.mark_dirty();
+            cut.at(&self.log_path)?;
             self.size_bytes = valid_bytes;
         }
         if self.size_bytes > 0 {
@@ -289,9 +316,26 @@ impl LogSegment {
         Ok(file_bytes - valid_bytes)
     }
 
+    /// Opens (if needed) and pins all three files: the data file, then both
+    /// indexes. Holding the result keeps every descriptor open.
+    fn pin(&self) -> Result<(Arc<File>, [Arc<File>; 2]), LogError> {
+        let log = self.log_file.get().at(&self.log_path)?;
+        let index = self.offset_index.pin().at(self.offset_index.path())?;
+        let time_index = self.time_index.pin().at(self.time_index.path())?;
+        Ok((log, [index, time_index]))
+    }
+
+    /// Marks a sealed, checked segment clean and closes its idle descriptors.
+    fn release_clean_descriptors(&self) {
+        self.log_file.take_dirty();
+        self.log_file.close_if_idle();
+        self.offset_index.mark_clean_and_close();
+        self.time_index.mark_clean_and_close();
+    }
+
     fn first_batch_timestamp(&self) -> Result<Option<i64>, LogError> {
-        let mut scanner =
-            BatchScanner::new(&self.log_file, 0, self.size_bytes, HEADER_BYTES, false);
+        let file = self.log_file.get().at(&self.log_path)?;
+        let mut scanner = BatchScanner::new(&file, 0, self.size_bytes, HEADER_BYTES, false);
         Ok(self
             .scan_next(&mut scanner)?
             .map(|b| b.summary.max_timestamp)
@@ -362,9 +406,8 @@ impl LogSegment {
         if let Some(max) = self.max_timestamp.filter(|m| m.timestamp >= 0) {
             return Ok(max.timestamp);
         }
-        let modified = self
-            .log_file
-            .metadata()
+        // By path: a stat needs no descriptor.
+        let modified = fs::metadata(&self.log_path)
             .and_then(|m| m.modified())
             .at(&self.log_path)?;
         Ok(modified
@@ -388,10 +431,16 @@ impl LogSegment {
         );
         debug_assert!(last.last_offset() - self.base_offset <= i32::MAX as i64);
         let position = self.size_bytes;
-        self.log_dirty = true;
-        if let Err(source) = self.log_file.write_all_at(bytes, position) {
+        // Every descriptor first: without one, nothing is written.
+        let (file, _index_pins) = self.pin().map_err(|error| SegmentWriteError {
+            error,
+            consistent: true,
+        })?;
+        let written = file.write_all_at(bytes, position);
+        self.log_file.mark_dirty();
+        if let Err(source) = written {
             // Undo a partial write so the file ends on a batch boundary again.
-            let consistent = self.log_file.set_len(position).is_ok();
+            let consistent = file.set_len(position).is_ok();
             return Err(SegmentWriteError {
                 error: LogError::Io {
                     path: self.log_path.clone(),
@@ -443,8 +492,9 @@ impl LogSegment {
             .offset_index
             .lookup(offset)
             .at(self.offset_index.path())?;
+        let file = self.log_file.get().at(&self.log_path)?;
         let mut scanner = BatchScanner::new(
-            &self.log_file,
+            &file,
             lookup.start_position,
             self.size_bytes,
             HEADER_SCAN_CHUNK_BYTES,
@@ -487,8 +537,8 @@ impl LogSegment {
         }
         let start = out.len();
         out.resize(start + want as usize, 0);
-        self.log_file
-            .read_exact_at(&mut out[start..], position)
+        let file = self.log_file.get().at(&self.log_path)?;
+        file.read_exact_at(&mut out[start..], position)
             .at(&self.log_path)?;
         let mut cursor = start;
         let mut stopped = false;
@@ -535,8 +585,7 @@ impl LogSegment {
                     let have = out.len();
                     out.resize(cursor + size, 0);
                     let fetched_to = position + (have - start) as u64;
-                    self.log_file
-                        .read_exact_at(&mut out[have..], fetched_to)
+                    file.read_exact_at(&mut out[have..], fetched_to)
                         .at(&self.log_path)?;
                     cursor += size;
                     result.batches += 1;
@@ -558,7 +607,8 @@ impl LogSegment {
     fn read_batch(&self, batch: &ScannedBatch) -> Result<Vec<u8>, LogError> {
         let mut bytes = vec![0u8; batch.summary.size_bytes];
         self.log_file
-            .read_exact_at(&mut bytes, batch.position)
+            .get()
+            .and_then(|f| f.read_exact_at(&mut bytes, batch.position))
             .at(&self.log_path)?;
         Ok(bytes)
     }
@@ -583,8 +633,9 @@ impl LogSegment {
             }
             None => 0,
         };
+        let file = self.log_file.get().at(&self.log_path)?;
         let mut scanner = BatchScanner::new(
-            &self.log_file,
+            &file,
             start_position,
             self.size_bytes,
             HEADER_SCAN_CHUNK_BYTES,
@@ -643,8 +694,9 @@ impl LogSegment {
         let Some(first) = self.find_batch(from_offset)? else {
             return Ok(());
         };
+        let file = self.log_file.get().at(&self.log_path)?;
         let mut scanner = BatchScanner::new(
-            &self.log_file,
+            &file,
             first.position,
             self.size_bytes,
             HEADER_SCAN_CHUNK_BYTES,
@@ -665,8 +717,10 @@ impl LogSegment {
             return Ok(());
         };
         let position = cut.position;
-        self.log_dirty = true;
-        self.log_file.set_len(position).at(&self.log_path)?;
+        let (file, _index_pins) = self.pin()?;
+        let truncated = file.set_len(position);
+        self.log_file.mark_dirty();
+        truncated.at(&self.log_path)?;
         self.size_bytes = position;
         self.next_offset = offset.min(cut.summary.base_offset);
         self.offset_index
@@ -688,13 +742,8 @@ impl LogSegment {
             }
             None => 0,
         };
-        let mut scanner = BatchScanner::new(
-            &self.log_file,
-            from,
-            self.size_bytes,
-            HEADER_SCAN_CHUNK_BYTES,
-            false,
-        );
+        let mut scanner =
+            BatchScanner::new(&file, from, self.size_bytes, HEADER_SCAN_CHUNK_BYTES, false);
         let mut max = self.max_timestamp;
         while let Some(batch) = self.scan_next(&mut scanner)? {
             if batch.summary.max_timestamp > max.map_or(NO_TIMESTAMP, |m| m.timestamp) {
@@ -717,6 +766,7 @@ impl LogSegment {
     /// goes into the time index (so a reopen knows it without a scan) and
     /// everything is fsynced, so only the active segment can ever be torn.
     pub(crate) fn on_become_inactive(&mut self) -> Result<(), LogError> {
+        let _pins = self.pin()?;
         if let Some(max) = self.max_timestamp {
             self.time_index
                 .maybe_append(max.timestamp, max.offset)
@@ -728,9 +778,7 @@ impl LogSegment {
     /// Captures the files changed since the last capture, to be fsynced
     /// without the partition lock (see [`PendingFlush`]).
     pub(crate) fn take_unflushed(&mut self, scope: FlushScope, flush: &mut PendingFlush) {
-        if std::mem::take(&mut self.log_dirty) {
-            flush.add(self.log_file.clone(), &self.log_path);
-        }
+        flush.capture(&self.log_file);
         if scope == FlushScope::All {
             self.offset_index.take_unflushed(flush);
             self.time_index.take_unflushed(flush);
@@ -739,7 +787,13 @@ impl LogSegment {
 
     /// Makes the data and both indexes durable, now and unconditionally.
     pub(crate) fn flush(&self) -> Result<(), LogError> {
-        self.log_file.sync_data().at(&self.log_path)?;
+        let _pins = self.pin()?;
+        self.log_file.take_dirty();
+        let synced = self.log_file.get().and_then(|f| f.sync_data());
+        if synced.is_err() {
+            self.log_file.mark_dirty();
+        }
+        synced.at(&self.log_path)?;
         self.offset_index.sync().at(self.offset_index.path())?;
         self.time_index.sync().at(self.time_index.path())
     }

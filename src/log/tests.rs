@@ -861,3 +861,56 @@ fn a_captured_flush_holds_only_files_changed_since_the_last_capture() {
         "an offline log refuses to flush"
     );
 }
+
+#[test]
+fn after_a_clean_shutdown_the_active_segment_loads_unrecovered_with_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    for i in 0..25 {
+        log.append(&idempotent(7, 1, i * 3, 3), 0, NOW_MS + i64::from(i))
+            .unwrap();
+    }
+    assert!(log.segment_count() > 1);
+    let (end, segments, records) = (
+        log.log_end_offset(),
+        log.segment_base_offsets(),
+        read_all(&log, 0),
+    );
+    log.close().unwrap();
+
+    let mut log = PartitionLog::open_after_clean_shutdown(dir.path(), small_config()).unwrap();
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.segment_base_offsets(), segments);
+    assert_eq!(read_all(&log, 0), records);
+    assert_eq!(log.producer_state(7), Some((1, 74)));
+    assert!(
+        log.append(&idempotent(7, 1, 72, 3), 0, NOW_MS)
+            .unwrap()
+            .duplicate
+    );
+    let next = log.append(&batch(2), 0, NOW_MS).unwrap();
+    assert_eq!(next.base_offset, end);
+    log.close().unwrap();
+}
+
+#[test]
+fn a_clean_shutdown_marker_does_not_hide_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    for _ in 0..10 {
+        log.append(&batch(2), 0, NOW_MS).unwrap();
+    }
+    log.close().unwrap();
+    let active = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let len = fs::metadata(&active).unwrap().len();
+    // Half a batch after the last complete one, beyond the last index entry.
+    let file = fs::OpenOptions::new().write(true).open(&active).unwrap();
+    file.set_len(len - 20).unwrap();
+    let log = PartitionLog::open_after_clean_shutdown(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.log_end_offset(), 18);
+    assert_eq!(read_all(&log, 0).last(), Some(&(16, 17)));
+}

@@ -35,6 +35,14 @@ impl TimeIndex {
         })
     }
 
+    /// Creates the index empty (or empties an existing file).
+    pub(crate) fn create(path: &Path, base_offset: i64, index_bytes_max: u64) -> io::Result<Self> {
+        Ok(Self {
+            base_offset,
+            file: IndexFile::create(path, index_bytes_max / TIME_INDEX_ENTRY_BYTES as u64)?,
+        })
+    }
+
     fn decode(&self, entry: &[u8; TIME_INDEX_ENTRY_BYTES]) -> TimestampOffset {
         let mut timestamp = [0u8; 8];
         timestamp.copy_from_slice(&entry[..8]);
@@ -147,6 +155,16 @@ impl TimeIndex {
 
     pub(crate) fn take_unflushed(&mut self, flush: &mut crate::log::flush::PendingFlush) {
         self.file.take_unflushed(flush);
+    }
+
+    /// See [`IndexFile::pin`].
+    pub(crate) fn pin(&self) -> io::Result<std::sync::Arc<std::fs::File>> {
+        self.file.pin()
+    }
+
+    /// See [`IndexFile::mark_clean_and_close`].
+    pub(crate) fn mark_clean_and_close(&self) {
+        self.file.mark_clean_and_close();
     }
 }
 

@@ -14,11 +14,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::api::KafkaApis;
+pub use connection::{ConnectionEnd, RequestBudget};
 
-/// Accepts connections until `shutdown` turns true.
+/// Accepts connections until `shutdown` turns true. `budget` is the
+/// broker-wide request budget, shared by every listener.
 pub async fn serve(
     listener: TcpListener,
     apis: Arc<KafkaApis>,
+    budget: RequestBudget,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let config = apis.broker().config.clone();
@@ -47,9 +50,15 @@ pub async fn serve(
         let _ = socket.set_nodelay(true);
         let apis = apis.clone();
         let shutdown = shutdown.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection::run(socket, peer, apis, limits, shutdown).await {
-                tracing::info!(%peer, error = %e, "connection closed");
+            match connection::run(socket, peer, apis, limits, budget, shutdown).await {
+                Ok(()) => {}
+                // Counted and warned about (rate-limited) where it was found.
+                Err(ConnectionEnd::Malformed(_)) => {}
+                Err(ConnectionEnd::Other(e)) => {
+                    tracing::info!(%peer, error = %format!("{e:#}"), "connection closed")
+                }
             }
             drop(permit);
         });

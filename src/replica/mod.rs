@@ -21,20 +21,67 @@
 //!   while one fsync runs are all covered by the next one, and an append
 //!   already covered by a finished fsync returns without its own. The high
 //!   watermark then advances to what the fsync covered.
+//! - A partition whose log went offline (a failed write or fsync), or that
+//!   could not be opened at startup, heals by itself: a background task
+//!   ([`ReplicaManager::retry_offline`]) reopens it, which runs recovery
+//!   again, with a per-partition backoff from [`REOPEN_BACKOFF_MIN`] doubling
+//!   to [`REOPEN_BACKOFF_MAX`]. Meanwhile Metadata shows it without a leader
+//!   (LEADER_NOT_AVAILABLE) and produce and fetch get KAFKA_STORAGE_ERROR,
+//!   both retriable. Running out of file descriptors never takes a log
+//!   offline (see `log::file_cache`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{BrokerConfig, FsyncPolicy};
+use crate::log::file_cache::is_descriptor_exhaustion;
 use crate::log::{
-    validate_produce, AppendError, AppendInfo, FlushScope, LogConfig, LogError, PartitionLog,
-    PendingFlush, ReadError, ReadInfo,
+    sync_dir, validate_produce, AppendError, AppendInfo, FlushScope, LogConfig, LogError,
+    PartitionLog, PendingFlush, ReadError, ReadInfo, CLEAN_SHUTDOWN_FILE,
 };
+
+/// First wait before reopening an offline partition.
+pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to reopen an offline partition.
+pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often the background task looks for offline partitions to retry.
+pub const REOPEN_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// When to try reopening an offline partition next, and how long to wait
+/// after that if it fails again.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    next_attempt: Instant,
+    wait: Duration,
+}
+
+impl Backoff {
+    fn start(now: Instant) -> Backoff {
+        Backoff {
+            next_attempt: now + REOPEN_BACKOFF_MIN,
+            wait: REOPEN_BACKOFF_MIN,
+        }
+    }
+
+    fn failed(&mut self, now: Instant) {
+        self.wait = (self.wait * 2).min(REOPEN_BACKOFF_MAX);
+        self.next_attempt = now + self.wait;
+    }
+}
+
+/// A partition whose log could not be opened: everything needed to retry.
+struct Unopened {
+    topic_id: Uuid,
+    config: LogConfig,
+    backoff: Backoff,
+}
 
 /// Names one partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,9 +117,77 @@ pub struct Partition {
     high_watermark: watch::Sender<i64>,
     leader_epoch: i32,
     fsync: FsyncPolicy,
+    /// Mirrors the log's offline state, so Metadata need not take `log`.
+    offline: AtomicBool,
+    /// Set while offline: when to try reopening.
+    reopen: Mutex<Option<Backoff>>,
 }
 
 impl Partition {
+    fn new(tp: TopicPartition, topic_id: Uuid, log: PartitionLog, fsync: FsyncPolicy) -> Self {
+        let end = log.log_end_offset();
+        let config = RwLock::new(Arc::new(log.config().clone()));
+        Partition {
+            tp,
+            topic_id,
+            log: Mutex::new(log),
+            config,
+            flush: Mutex::new(()),
+            high_watermark: watch::Sender::new(end),
+            leader_epoch: 0,
+            fsync,
+            offline: AtomicBool::new(false),
+            reopen: Mutex::new(None),
+        }
+    }
+
+    /// Whether the log is offline after an I/O failure (until reopened).
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Relaxed)
+    }
+
+    /// Copies the log's offline state after an operation that may have changed it.
+    fn note_offline(&self, log: &PartitionLog) {
+        if log.is_offline() && !self.offline.swap(true, Ordering::Relaxed) {
+            *self.reopen.lock() = Some(Backoff::start(Instant::now()));
+        }
+    }
+
+    /// Reopens an offline log if its backoff has passed (recovery runs
+    /// again). Returns whether it is online now. Blocking.
+    fn retry_reopen(&self, now: Instant) -> bool {
+        if !self.is_offline() {
+            return true;
+        }
+        if self.reopen.lock().is_some_and(|b| b.next_attempt > now) {
+            return false;
+        }
+        // Flush lock first, as every fsync path takes it: no captured flush
+        // of the old log is in progress while it is replaced.
+        let _flushing = self.flush.lock();
+        let mut log = self.log.lock();
+        let (dir, config) = (log.dir().to_path_buf(), log.config().clone());
+        match PartitionLog::open(&dir, config) {
+            Ok(reopened) => {
+                let end = reopened.log_end_offset();
+                *log = reopened;
+                drop(log);
+                self.offline.store(false, Ordering::Relaxed);
+                *self.reopen.lock() = None;
+                // What recovery kept is what the log holds now (as after a restart).
+                self.high_watermark.send_replace(end);
+                tracing::info!(partition = %self.tp.dir_name(), log_end_offset = end, "offline partition reopened");
+                true
+            }
+            Err(error) => {
+                let mut reopen = self.reopen.lock();
+                let backoff = reopen.get_or_insert_with(|| Backoff::start(now));
+                backoff.failed(now);
+                tracing::warn!(partition = %self.tp.dir_name(), %error, retry_in_ms = backoff.wait.as_millis() as u64, "reopening offline partition failed");
+                false
+            }
+        }
+    }
     pub fn leader_epoch(&self) -> i32 {
         self.leader_epoch
     }
@@ -114,7 +229,9 @@ impl Partition {
         let config = self.config.read().clone();
         let validated = validate_produce(records, &config, now_ms)?;
         let mut log = self.log.lock();
-        let info = log.append_validated(validated, self.leader_epoch, now_ms)?;
+        let appended = log.append_validated(validated, self.leader_epoch, now_ms);
+        self.note_offline(&log);
+        let info = appended?;
         let end = log.log_end_offset();
         drop(log);
         if !self.sync_before_ack() {
@@ -144,23 +261,42 @@ impl Partition {
         Ok(())
     }
 
-    /// fsyncs a captured flush (holding `flush`), taking the log offline if it fails.
+    /// fsyncs a captured flush (holding `flush`), taking the log offline if
+    /// it fails (not if a file only lacked a descriptor: it stays dirty and
+    /// the next flush covers it).
     fn sync_captured(&self, pending: PendingFlush) -> Result<(), LogError> {
         if pending.is_empty() {
             return Ok(());
         }
         pending.sync().inspect_err(|e| {
+            if is_descriptor_exhaustion(e) {
+                tracing::warn!(partition = %self.tp.dir_name(), error = %e, "flush postponed: out of file descriptors");
+                return;
+            }
             tracing::error!(partition = %self.tp.dir_name(), error = %e, "flush failed");
-            self.log.lock().mark_offline();
+            let mut log = self.log.lock();
+            log.mark_offline();
+            self.note_offline(&log);
         })
     }
 
     /// Flushes without holding the log lock through the fsync (the
     /// `log.flush.interval.ms` task). Blocking.
+    ///
+    /// With `--fsync always` it also commits what it synced: an append whose
+    /// own group commit never ran (its request was abandoned when the client
+    /// left) becomes readable here at the latest.
     pub fn flush_blocking(&self) -> Result<(), LogError> {
         let _flushing = self.flush.lock();
-        let pending = self.log.lock().take_unflushed(FlushScope::All)?;
-        self.sync_captured(pending)
+        let (pending, end) = {
+            let mut log = self.log.lock();
+            (log.take_unflushed(FlushScope::All)?, log.log_end_offset())
+        };
+        self.sync_captured(pending)?;
+        if self.sync_before_ack() {
+            self.advance_high_watermark(end);
+        }
+        Ok(())
     }
 
     fn advance_high_watermark(&self, end: i64) {
@@ -188,7 +324,10 @@ impl Partition {
 
     /// Runs `f` with the log locked. Blocking.
     pub fn with_log<T>(&self, f: impl FnOnce(&mut PartitionLog) -> T) -> T {
-        f(&mut self.log.lock())
+        let mut log = self.log.lock();
+        let result = f(&mut log);
+        self.note_offline(&log);
+        result
     }
 
     /// The log start offset (Kafka's low watermark).
@@ -207,11 +346,24 @@ impl Partition {
     }
 }
 
+/// What [`ReplicaManager::open_partition_or_defer`] did.
+pub enum Opened {
+    /// The partition is open and serving.
+    Online(Arc<Partition>),
+    /// Its log could not be opened; it is retried in the background.
+    Deferred(LogError),
+}
+
 /// Every partition hosted here, by name.
 pub struct ReplicaManager {
     dir: PathBuf,
     fsync: FsyncPolicy,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    /// Partitions whose logs could not be opened yet (retried in the background).
+    unopened: Mutex<HashMap<TopicPartition, Unopened>>,
+    /// The last process shut down cleanly and this one has not finished
+    /// loading yet: logs load without recovering their active segment.
+    loading_after_clean_shutdown: AtomicBool,
 }
 
 impl ReplicaManager {
@@ -220,7 +372,34 @@ impl ReplicaManager {
             dir: config.log_dirs.clone(),
             fsync: config.fsync,
             partitions: RwLock::new(HashMap::new()),
+            unopened: Mutex::new(HashMap::new()),
+            loading_after_clean_shutdown: AtomicBool::new(
+                config.log_dirs.join(CLEAN_SHUTDOWN_FILE).exists(),
+            ),
         }
+    }
+
+    /// Ends startup loading: removes the clean-shutdown marker (durably,
+    /// before anything is written), so that a crash from now on recovers.
+    pub fn loading_done(&self) -> Result<(), LogError> {
+        if self
+            .loading_after_clean_shutdown
+            .swap(false, Ordering::SeqCst)
+        {
+            let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+            match std::fs::remove_file(&marker) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LogError::Io {
+                        path: marker,
+                        source,
+                    })
+                }
+            }
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     pub fn log_dir(&self) -> &Path {
@@ -250,18 +429,14 @@ impl ReplicaManager {
         if let Some(existing) = self.partitions.read().get(&tp) {
             return Ok(existing.clone());
         }
-        let log = PartitionLog::open(&self.dir.join(tp.dir_name()), config.clone())?;
-        let end = log.log_end_offset();
-        let partition = Arc::new(Partition {
-            tp: tp.clone(),
-            topic_id,
-            log: Mutex::new(log),
-            config: RwLock::new(Arc::new(config)),
-            flush: Mutex::new(()),
-            high_watermark: watch::Sender::new(end),
-            leader_epoch: 0,
-            fsync: self.fsync,
-        });
+        let dir = self.dir.join(tp.dir_name());
+        let log = if self.loading_after_clean_shutdown.load(Ordering::SeqCst) {
+            PartitionLog::open_after_clean_shutdown(&dir, config)?
+        } else {
+            PartitionLog::open(&dir, config)?
+        };
+        let partition = Arc::new(Partition::new(tp.clone(), topic_id, log, self.fsync));
+        self.unopened.lock().remove(&tp);
         Ok(self
             .partitions
             .write()
@@ -270,8 +445,78 @@ impl ReplicaManager {
             .clone())
     }
 
+    /// [`open_partition`](Self::open_partition) for startup: a log that
+    /// cannot be opened does not stop the broker; the partition is offline
+    /// and retried in the background. Blocking.
+    pub fn open_partition_or_defer(
+        &self,
+        tp: TopicPartition,
+        topic_id: Uuid,
+        config: LogConfig,
+    ) -> Opened {
+        match self.open_partition(tp.clone(), topic_id, config.clone()) {
+            Ok(partition) => Opened::Online(partition),
+            Err(error) => {
+                tracing::error!(partition = %tp.dir_name(), %error, "cannot open partition; it is offline and retried in the background");
+                self.unopened.lock().insert(
+                    tp,
+                    Unopened {
+                        topic_id,
+                        config,
+                        backoff: Backoff::start(Instant::now()),
+                    },
+                );
+                Opened::Deferred(error)
+            }
+        }
+    }
+
+    /// Whether a partition exists but its log is not available (offline, or
+    /// not opened yet): requests for it get KAFKA_STORAGE_ERROR.
+    pub fn is_offline(&self, topic: &str, partition: i32) -> bool {
+        let tp = TopicPartition::new(topic, partition);
+        if self.unopened.lock().contains_key(&tp) {
+            return true;
+        }
+        self.partitions
+            .read()
+            .get(&tp)
+            .is_some_and(|p| p.is_offline())
+    }
+
+    /// Retries every offline partition whose backoff has passed: reopens
+    /// logs that went offline and opens those that failed at startup. The
+    /// background task calls it every [`REOPEN_CHECK_INTERVAL`]. Blocking.
+    pub fn retry_offline(&self) {
+        let now = Instant::now();
+        for partition in self.all() {
+            if partition.is_offline() {
+                partition.retry_reopen(now);
+            }
+        }
+        let due: Vec<(TopicPartition, Uuid, LogConfig)> = self
+            .unopened
+            .lock()
+            .iter()
+            .filter(|(_, u)| u.backoff.next_attempt <= now)
+            .map(|(tp, u)| (tp.clone(), u.topic_id, u.config.clone()))
+            .collect();
+        for (tp, topic_id, config) in due {
+            match self.open_partition(tp.clone(), topic_id, config) {
+                Ok(_) => tracing::info!(partition = %tp.dir_name(), "offline partition opened"),
+                Err(error) => {
+                    if let Some(u) = self.unopened.lock().get_mut(&tp) {
+                        u.backoff.failed(now);
+                        tracing::warn!(partition = %tp.dir_name(), %error, retry_in_ms = u.backoff.wait.as_millis() as u64, "opening offline partition failed");
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes a partition and deletes its data. Blocking.
     pub fn delete_partition(&self, tp: &TopicPartition) -> Result<(), LogError> {
+        self.unopened.lock().remove(tp);
         let removed = self.partitions.write().remove(tp);
         if let Some(partition) = removed {
             // Wake any fetch waiting on it so that it re-checks and sees the
@@ -306,7 +551,14 @@ impl ReplicaManager {
         for partition in self.all() {
             // Never delete data a consumer could not yet have read (Kafka's rule).
             let hw = partition.high_watermark();
-            match partition.log.lock().enforce_retention_up_to(now_ms, hw) {
+            if partition.is_offline() {
+                continue;
+            }
+            let mut log = partition.log.lock();
+            let enforced = log.enforce_retention_up_to(now_ms, hw);
+            partition.note_offline(&log);
+            drop(log);
+            match enforced {
                 Ok(0) => {}
                 Ok(deleted) => {
                     tracing::info!(partition = %partition.tp.dir_name(), deleted, "retention deleted segments")
@@ -318,12 +570,35 @@ impl ReplicaManager {
         }
     }
 
-    /// Flushes and closes every log (clean shutdown). Blocking.
+    /// Flushes and closes every log (clean shutdown). If every log was
+    /// online and flushed, writes the clean-shutdown marker so that the next
+    /// start need not recover. Blocking.
     pub fn shutdown(&self) {
         let partitions: Vec<_> = self.partitions.write().drain().map(|(_, p)| p).collect();
+        let mut clean = self.unopened.lock().is_empty();
         for partition in partitions {
-            if let Err(e) = partition.log.lock().flush() {
+            let _flushing = partition.flush.lock();
+            let log = partition.log.lock();
+            if log.is_offline() {
+                clean = false;
+                continue;
+            }
+            if let Err(e) = log.flush() {
+                clean = false;
                 tracing::error!(partition = %partition.tp.dir_name(), error = %e, "flush at shutdown failed");
+            }
+        }
+        if clean {
+            let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+            let written = std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| LogError::Io {
+                    path: marker.clone(),
+                    source,
+                })
+                .and_then(|()| sync_dir(&self.dir));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot write the clean-shutdown marker; the next start recovers every log");
             }
         }
     }
@@ -339,6 +614,8 @@ mod tests {
             dir: dir.to_path_buf(),
             fsync,
             partitions: RwLock::new(HashMap::new()),
+            unopened: Mutex::new(HashMap::new()),
+            loading_after_clean_shutdown: AtomicBool::new(false),
         }
     }
 

@@ -13,6 +13,7 @@
 
 #![allow(dead_code)] // Each test file uses a different subset of the harness.
 
+pub mod bulk;
 pub mod kafka_rpc;
 pub mod produce_stream;
 pub mod raw;
@@ -75,6 +76,8 @@ struct BrokerProcess {
     dir: tempfile::TempDir,
     port: u16,
     extra_args: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) the process starts with, if limited.
+    nofile_limit: Option<u64>,
     child: Option<Child>,
 }
 
@@ -99,7 +102,7 @@ impl Broker {
                 process: None,
             });
         }
-        Broker::spawn(extra_args)
+        Broker::spawn(extra_args, None)
     }
 
     /// A `fjord` process owned by the test, for tests that stop, kill or
@@ -113,10 +116,28 @@ impl Broker {
             );
             return Ok(None);
         }
-        Broker::spawn(extra_args).map(Some)
+        Broker::spawn(extra_args, None).map(Some)
     }
 
-    fn spawn(extra_args: &[&str]) -> Result<Broker> {
+    /// Like [`Broker::start_process`], with RLIMIT_NOFILE set to
+    /// `nofile_limit` (soft and hard, so the broker cannot raise it) in the
+    /// child before `fjord` runs, also across restarts.
+    pub fn start_process_with_nofile(
+        test_name: &str,
+        extra_args: &[&str],
+        nofile_limit: u64,
+    ) -> Result<Option<Broker>> {
+        if let Some(bootstrap) = external_bootstrap() {
+            eprintln!(
+                "SKIP {test_name}: needs its own fjord process under a descriptor limit, \
+                 but {EXTERNAL_BOOTSTRAP_ENV}={bootstrap} is set"
+            );
+            return Ok(None);
+        }
+        Broker::spawn(extra_args, Some(nofile_limit)).map(Some)
+    }
+
+    fn spawn(extra_args: &[&str], nofile_limit: Option<u64>) -> Result<Broker> {
         let bin = fjord_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("fjord-it-")
@@ -128,6 +149,7 @@ impl Broker {
             dir,
             port,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            nofile_limit,
             child: None,
         };
         process.launch()?;
@@ -215,6 +237,26 @@ impl Broker {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Descriptors the broker process has open now (`/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> Option<usize> {
+        let pid = self.pid()?;
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()
+            .map(|entries| entries.count())
+    }
+
+    /// Everything the broker has written to stdout and stderr so far, across
+    /// restarts (empty for an external broker).
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Some(p) = &self.process {
+            if let Ok(mut f) = File::open(p.log_path()) {
+                let _ = f.read_to_string(&mut text);
+            }
+        }
+        text
+    }
+
     fn process_mut(&mut self) -> Result<&mut BrokerProcess> {
         self.process
             .as_mut()
@@ -272,6 +314,24 @@ impl BrokerProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if let Some(limit) = self.nofile_limit {
+            use std::os::unix::process::CommandExt;
+            let rlimit = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {:?}", self.bin))?;
