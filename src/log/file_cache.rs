@@ -372,7 +372,7 @@ impl Ring {
             if !slot.in_ring.load(Ordering::Relaxed) {
                 return false;
             }
-            let open = slot.file.try_lock().map_or(true, |file| file.is_some());
+            let open = slot.file.try_lock().is_none_or(|file| file.is_some());
             if !open {
                 slot.in_ring.store(false, Ordering::Relaxed);
             }
