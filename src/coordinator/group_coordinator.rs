@@ -1169,8 +1169,8 @@ mod tests {
             protocols: vec![("range".into(), bytes::Bytes::from_static(b"meta"))],
             require_known_member_id: false,
         };
-        let (_stop, stop_rx) = watch::channel(false);
-        tokio::spawn(broker.groups.clone().run_timers(broker.clone(), stop_rx));
+        let (stop, stop_rx) = watch::channel(false);
+        let timers = tokio::spawn(broker.groups.clone().run_timers(broker.clone(), stop_rx));
         // Default group.initial.rebalance.delay.ms: the scheduler ends the join.
         let joined = tokio::time::timeout(
             Duration::from_secs(10),
@@ -1193,6 +1193,9 @@ mod tests {
             .await;
         assert_eq!(synced.error, None);
         assert_eq!(synced.assignment, bytes::Bytes::from_static(b"asg"));
+        // The timers hold the broker (and its log-dir lock): stop them first.
+        stop.send(true).expect("timers listen");
+        timers.await.expect("timers stop");
         broker.replicas.shutdown();
         drop(broker);
         let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);

@@ -826,7 +826,14 @@ fn partition_log_can_be_shared_across_threads() {
 fn a_captured_flush_holds_only_files_changed_since_the_last_capture() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
-    // A freshly opened log may hold an earlier process's unsynced writes.
+    assert!(
+        log.take_unflushed(FlushScope::All).unwrap().is_empty(),
+        "a new log has written nothing"
+    );
+    log.append(&batch(20), 0, NOW_MS).unwrap();
+    drop(log);
+    // A recovered log may hold an earlier process's unsynced writes.
+    let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
     assert!(!log.take_unflushed(FlushScope::All).unwrap().is_empty());
     assert!(
         log.take_unflushed(FlushScope::All).unwrap().is_empty(),
