@@ -125,6 +125,8 @@ class Workload:
     # Fixed-rate latency is noisy on a shared machine: such runs are repeated
     # and the report shows the repeat with the median p99 (and every p99).
     repeats: int = 1
+    # The producer's compression.type (fjord-bench --compression).
+    compression: str = "none"
 
 
 @dataclass
@@ -147,9 +149,10 @@ class Suite:
                     rate = f", rate {w.rate} rec/s"
                 cons = f", consumer group of {w.consumers}" if w.consumers else ""
                 reps = f", {w.repeats} repeats" if w.repeats > 1 else ""
+                comp = f", {w.compression}-compressed" if w.compression != "none" else ""
                 lines.append(
                     f"{cfg} `{w.id}`: {w.workload}, {size_name(w.record_size)}, acks={w.acks}, "
-                    f"{w.partitions} partition(s), {w.producers} producer(s){cons}{rate}, "
+                    f"{w.partitions} partition(s), {w.producers} producer(s){comp}{cons}{rate}, "
                     f"{w.duration_sec:g} s (+{w.warmup_sec:g} s warm-up){reps}"
                 )
         return lines
@@ -167,17 +170,21 @@ def build_suite(name: str, quick: bool) -> Suite:
     seed_rps = int(os.environ.get("TARGET_RPS", "5000"))
     seed_s = float(os.environ.get("DURATION_SEC", "4" if quick else "30"))
 
-    def tput(id_, size, acks, parts, tags=()):
+    def tput(id_, size, acks, parts, tags=(), compression="none"):
+        comp = f", {compression}-compressed" if compression != "none" else ""
         return Workload(
             id=id_, workload="throughput", title=f"max throughput, {size_name(size)}, acks={acks}, "
-            f"{parts} partition{'s' if parts > 1 else ''}", record_size=size, acks=acks,
-            partitions=parts, duration_sec=tput_s, warmup_sec=warm_s, tags=list(tags))
+            f"{parts} partition{'s' if parts > 1 else ''}{comp}", record_size=size, acks=acks,
+            partitions=parts, duration_sec=tput_s, warmup_sec=warm_s, tags=list(tags),
+            compression=compression)
 
     a = [
         tput("tput-100B-acks1-p1", 100, "1", 1, tags=["target-throughput"]),
         tput("tput-100B-acksall-p1", 100, "all", 1),
         tput("tput-100B-acks1-p8", 100, "1", 8),
         tput("tput-1KiB-acks1-p1", 1024, "1", 1),
+        # What the broker pays to decompress and validate every record (both do).
+        tput("tput-1KiB-acks1-p1-lz4", 1024, "1", 1, compression="lz4"),
         tput("tput-1KiB-acksall-p8", 1024, "all", 8),
         Workload(id="rate-100B-acks1-p1", workload="rate",
                  title="fixed rate (50% of Kafka's max), 100 B, acks=1, 1 partition",
@@ -717,7 +724,8 @@ class Harness:
                    "--label", f"{b.title} [{cfg}] {w.id}", "--out", out, "--topic", topic,
                    "--partitions", w.partitions, "--record-size", w.record_size, "--acks", w.acks,
                    "--producers", w.producers, "--duration-sec", f"{w.duration_sec:g}",
-                   "--warmup-sec", f"{w.warmup_sec:g}", "--broker-pid", b.pid, "--no-progress"]
+                   "--warmup-sec", f"{w.warmup_sec:g}", "--broker-pid", b.pid, "--no-progress",
+                   "--compression", w.compression]
             if w.workload in ("rate", "e2e"):
                 rate = self.rate_for(cfg, w)
                 rec["rate"] = rate

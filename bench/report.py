@@ -309,7 +309,7 @@ def write_report(out: Path) -> Path:
 
     md += ["## Matrix", "",
            "Not the full cross product (it would not fit the time budget): each dimension (record size, acks, "
-           "partitions, workload) is varied against the 100 B / acks=1 / 1 partition baseline. "
+           "partitions, workload, compression) is varied against the 100 B / acks=1 / 1 partition baseline. "
            "Each fixed rate is 50% of Apache Kafka's maximum throughput measured earlier in this run "
            "(same configuration, same record size and acks); both brokers run at that same rate. "
            "Each run uses a new topic (created beforehand with its partition count) and starts after `sync`.", ""]
