@@ -129,6 +129,11 @@ class Workload:
     compression: str = "none"
 
 
+def compressed_suffix(compression: str) -> str:
+    """", lz4-compressed" for a compressed workload, nothing otherwise."""
+    return f", {compression}-compressed" if compression != "none" else ""
+
+
 @dataclass
 class Suite:
     name: str
@@ -149,7 +154,7 @@ class Suite:
                     rate = f", rate {w.rate} rec/s"
                 cons = f", consumer group of {w.consumers}" if w.consumers else ""
                 reps = f", {w.repeats} repeats" if w.repeats > 1 else ""
-                comp = f", {w.compression}-compressed" if w.compression != "none" else ""
+                comp = compressed_suffix(w.compression)
                 lines.append(
                     f"{cfg} `{w.id}`: {w.workload}, {size_name(w.record_size)}, acks={w.acks}, "
                     f"{w.partitions} partition(s), {w.producers} producer(s){comp}{cons}{rate}, "
@@ -171,10 +176,9 @@ def build_suite(name: str, quick: bool) -> Suite:
     seed_s = float(os.environ.get("DURATION_SEC", "4" if quick else "30"))
 
     def tput(id_, size, acks, parts, tags=(), compression="none"):
-        comp = f", {compression}-compressed" if compression != "none" else ""
         return Workload(
             id=id_, workload="throughput", title=f"max throughput, {size_name(size)}, acks={acks}, "
-            f"{parts} partition{'s' if parts > 1 else ''}{comp}", record_size=size, acks=acks,
+            f"{parts} partition{'s' if parts > 1 else ''}{compressed_suffix(compression)}", record_size=size, acks=acks,
             partitions=parts, duration_sec=tput_s, warmup_sec=warm_s, tags=list(tags),
             compression=compression)
 
