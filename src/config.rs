@@ -73,11 +73,51 @@ impl Listener {
     }
 }
 
+/// One voter of the metadata quorum (`controller.quorum.voters`: `id@host:port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    /// Its CONTROLLER listener's port; 0 for a lone node without one (then
+    /// nothing ever connects to it).
+    pub port: u16,
+}
+
+impl Voter {
+    fn parse(value: &str) -> Result<Voter> {
+        let bad = || anyhow!("controller.quorum.voters entry `{value}` must look like id@host:port");
+        let (id, address) = value.split_once('@').ok_or_else(bad)?;
+        let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let id: i32 = id.trim().parse().map_err(|_| bad())?;
+        if id < 0 || host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Voter {
+            id,
+            host: host.to_string(),
+            port: port.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Every broker setting, parsed and checked.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub node_id: i32,
+    /// The Kafka-client listeners (every listener not named in
+    /// `controller.listener.names`).
     pub listeners: Vec<Listener>,
+    /// The node-to-node listener (`CONTROLLER://host:port`), if any. A lone
+    /// voter needs none; every member of a larger cluster does.
+    pub controller_listener: Option<Listener>,
+    /// The metadata quorum's voters, never empty: `controller.quorum.voters`,
+    /// or this node alone when that is unset.
+    pub voters: Vec<Voter>,
+    /// `offsets.topic.replication.factor` (unset: min(3, voters)).
+    pub offsets_topic_replication_factor: i16,
+    /// `min.insync.replicas`, the broker default of the topic config.
+    pub min_insync_replicas: i32,
     pub advertised_listeners: Vec<Listener>,
     pub log_dirs: PathBuf,
     pub num_partitions: i32,
@@ -134,11 +174,16 @@ pub struct ResourceLimits {
 /// Built-in defaults: Kafka's values where Kafka has the property.
 const DEFAULTS: &[(&str, &str)] = &[
     ("node.id", "1"),
-    ("listeners", "PLAINTEXT://127.0.0.1:9092"),
+    ("listeners", "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"),
+    // Kafka's KRaft names. Empty voters: this node alone.
+    ("controller.listener.names", "CONTROLLER"),
+    ("controller.quorum.voters", ""),
     ("advertised.listeners", ""),
     ("log.dirs", "./fjord-data"),
     ("num.partitions", "1"),
-    ("default.replication.factor", "1"),
+    // Empty: min(3, number of voters), as for offsets.topic.replication.factor.
+    ("default.replication.factor", ""),
+    ("offsets.topic.replication.factor", ""),
     ("auto.create.topics.enable", "true"),
     ("delete.topic.enable", "true"),
     ("log.retention.ms", ""),
@@ -224,11 +269,8 @@ const DEFAULTS: &[(&str, &str)] = &[
 /// meaning here yet (so that an existing server.properties still loads).
 const ACCEPTED_IGNORED: &[&str] = &[
     "process.roles",
-    "controller.quorum.voters",
-    "controller.listener.names",
     "listener.security.protocol.map",
     "inter.broker.listener.name",
-    "offsets.topic.replication.factor",
     "transaction.state.log.replication.factor",
     "transaction.state.log.min.isr",
     "num.network.threads",
@@ -341,14 +383,55 @@ impl ConfigSources {
                     .map_err(|reason| anyhow!("property {key}={value:?}: {reason}"))?;
             }
         }
-        let listeners = parse_listeners(self.get("listeners"))?;
+        let controller_names: Vec<&str> = self
+            .get("controller.listener.names")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let (controllers, listeners): (Vec<Listener>, Vec<Listener>) =
+            parse_listeners(self.get("listeners"))?
+                .into_iter()
+                .partition(|l| controller_names.contains(&l.name.as_str()));
         if listeners.is_empty() {
             bail!("listeners must name at least one PLAINTEXT://host:port");
         }
+        if controllers.len() > 1 {
+            bail!("listeners names more than one controller listener: {controllers:?}");
+        }
+        let controller_listener = controllers.into_iter().next();
         let advertised = match self.get("advertised.listeners").trim() {
             "" => listeners.clone(),
-            text => parse_listeners(text)?,
+            text => parse_listeners(text)?
+                .into_iter()
+                .filter(|l| !controller_names.contains(&l.name.as_str()))
+                .collect(),
         };
+        if advertised.is_empty() {
+            bail!("advertised.listeners must name at least one client listener");
+        }
+        let node_id: i32 = self.num("node.id")?;
+        let voters = self.voters(node_id, controller_listener.as_ref(), &listeners)?;
+        let replication_default = |key: &str| -> Result<i16> {
+            if self.get(key).trim().is_empty() {
+                Ok(voters.len().min(3) as i16)
+            } else {
+                let factor: i16 = self.num(key)?;
+                if factor < 1 {
+                    bail!("{key} must be at least 1");
+                }
+                Ok(factor)
+            }
+        };
+        let default_replication_factor = replication_default("default.replication.factor")?;
+        let offsets_topic_replication_factor =
+            replication_default("offsets.topic.replication.factor")?;
+        if self.boolean("unclean.leader.election.enable")? {
+            bail!(
+                "unclean.leader.election.enable=true is not supported: a Fjord partition leader \
+                 is elected by Raft and always holds every committed record"
+            );
+        }
         let retention_ms: i64 = if !self.get("log.retention.ms").is_empty() {
             self.num("log.retention.ms")?
         } else if !self.get("log.retention.minutes").is_empty() {
@@ -390,8 +473,12 @@ impl ConfigSources {
             bail!("log.cleanup.policy={cleanup_policy:?}: expected delete, compact or both");
         }
         let config = BrokerConfig {
-            node_id: self.num("node.id")?,
+            node_id,
             listeners,
+            controller_listener,
+            voters,
+            offsets_topic_replication_factor,
+            min_insync_replicas: self.num("min.insync.replicas")?,
             advertised_listeners: advertised,
             log_dirs: PathBuf::from(
                 self.get("log.dirs")
@@ -401,7 +488,7 @@ impl ConfigSources {
                     .trim(),
             ),
             num_partitions: self.num("num.partitions")?,
-            default_replication_factor: self.num("default.replication.factor")?,
+            default_replication_factor,
             auto_create_topics_enable: self.boolean("auto.create.topics.enable")?,
             delete_topic_enable: self.boolean("delete.topic.enable")?,
             log,
@@ -462,6 +549,46 @@ impl ConfigSources {
             bail!("socket.request.max.bytes must be at least 1024");
         }
         Ok(config)
+    }
+
+    /// `controller.quorum.voters`, checked against this node's listeners.
+    fn voters(
+        &self,
+        node_id: i32,
+        controller: Option<&Listener>,
+        listeners: &[Listener],
+    ) -> Result<Vec<Voter>> {
+        let text = self.get("controller.quorum.voters").trim();
+        if text.is_empty() {
+            let (host, port) = match controller {
+                Some(l) => (l.host.clone(), l.port),
+                None => (listeners[0].host.clone(), 0),
+            };
+            return Ok(vec![Voter {
+                id: node_id,
+                host,
+                port,
+            }]);
+        }
+        let voters = text
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(Voter::parse)
+            .collect::<Result<Vec<_>>>()?;
+        let mut ids: Vec<i32> = voters.iter().map(|v| v.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            bail!("controller.quorum.voters names a node id twice: {text}");
+        }
+        let alone = voters.len() == 1 && voters[0].id == node_id;
+        if !alone && controller.is_none() {
+            bail!(
+                "controller.quorum.voters names other nodes, so listeners needs a \
+                 CONTROLLER://host:port listener for node-to-node traffic"
+            );
+        }
+        Ok(voters)
     }
 
     /// The resource-limit block: parsed and checked on its own.
@@ -748,6 +875,27 @@ const PROPERTIES: &[PropertyDef] = &[
         V::AtLeast(1),
         RO,
         "Partition count of topics created without one.",
+    ),
+    def(
+        "controller.listener.names",
+        T::List,
+        V::Any,
+        RO,
+        "Names of the listeners for node-to-node (controller and replication) traffic.",
+    ),
+    def(
+        "controller.quorum.voters",
+        T::List,
+        V::Any,
+        RO,
+        "The metadata quorum's voters as id@host:port; this node alone when empty.",
+    ),
+    def(
+        "offsets.topic.replication.factor",
+        T::Short,
+        V::AtLeast(1),
+        RO,
+        "Replication factor of __consumer_offsets; min(3, voters) when empty.",
     ),
     def(
         "default.replication.factor",
@@ -1237,6 +1385,83 @@ mod tests {
         assert_eq!(config.log.retention_ms, 168 * 3_600_000);
         assert_eq!(config.socket_request_max_bytes, 100 * 1024 * 1024);
         assert_eq!(config.fsync, FsyncPolicy::Interval);
+    }
+
+    #[test]
+    fn default_listeners_split_into_client_and_controller() {
+        let config = ConfigSources::new().build().expect("defaults parse");
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].name, "PLAINTEXT");
+        let controller = config.controller_listener.expect("a CONTROLLER listener");
+        assert_eq!((controller.host.as_str(), controller.port), ("127.0.0.1", 9093));
+        assert_eq!(
+            config.voters,
+            vec![Voter {
+                id: 1,
+                host: "127.0.0.1".into(),
+                port: 9093
+            }]
+        );
+        assert_eq!(config.default_replication_factor, 1);
+        assert_eq!(config.offsets_topic_replication_factor, 1);
+    }
+
+    fn cluster_sources(voters: &str) -> ConfigSources {
+        let mut sources = ConfigSources::new();
+        sources.set("node.id", "2").expect("known");
+        sources.set("controller.quorum.voters", voters).expect("known");
+        sources
+    }
+
+    #[test]
+    fn voters_set_the_replication_defaults() {
+        let config = cluster_sources("1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293")
+            .build()
+            .expect("parses");
+        assert_eq!(config.voters.len(), 3);
+        assert_eq!(config.voters[2].port, 9293);
+        assert_eq!(config.default_replication_factor, 3);
+        assert_eq!(config.offsets_topic_replication_factor, 3);
+        let five = cluster_sources("1@a:1,2@b:2,3@c:3,4@d:4,5@e:5")
+            .build()
+            .expect("parses");
+        assert_eq!(five.default_replication_factor, 3);
+        let mut explicit = cluster_sources("1@a:1,2@b:2,3@c:3");
+        explicit.set("default.replication.factor", "2").expect("known");
+        explicit.set("offsets.topic.replication.factor", "1").expect("known");
+        let explicit = explicit.build().expect("parses");
+        assert_eq!(explicit.default_replication_factor, 2);
+        assert_eq!(explicit.offsets_topic_replication_factor, 1);
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        for (key, value, why) in [
+            ("controller.quorum.voters", "1@a:1,1@b:2", "twice"),
+            ("controller.quorum.voters", "one@a:1", "id@host:port"),
+            ("controller.quorum.voters", "1@a", "id@host:port"),
+            ("unclean.leader.election.enable", "true", "not supported"),
+            ("offsets.topic.replication.factor", "0", "at least 1"),
+        ] {
+            let mut sources = ConfigSources::new();
+            sources.set(key, value).expect("known");
+            let error = sources.build().expect_err(value).to_string();
+            assert!(error.contains(why), "{key}={value}: {error}");
+        }
+        let mut no_controller = cluster_sources("1@a:1,2@b:2,3@c:3");
+        no_controller
+            .set("listeners", "PLAINTEXT://127.0.0.1:9092")
+            .expect("known");
+        let error = no_controller.build().expect_err("needs CONTROLLER").to_string();
+        assert!(error.contains("CONTROLLER://"), "{error}");
+        // A lone node needs no controller listener.
+        let mut alone = ConfigSources::new();
+        alone
+            .set("listeners", "PLAINTEXT://127.0.0.1:9092")
+            .expect("known");
+        let alone = alone.build().expect("parses");
+        assert!(alone.controller_listener.is_none());
+        assert_eq!(alone.voters.len(), 1);
     }
 
     #[test]
