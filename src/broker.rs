@@ -516,6 +516,34 @@ pub async fn run(
         )));
     }
 
+    // Node-to-node RPC on the CONTROLLER listener, and outbound
+    // connections to the other voters.
+    if let Some(listener) = &config.controller_listener {
+        let addr = listener.bind_addr()?;
+        let socket = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (CONTROLLER): {e}"))?;
+        tracing::info!(%addr, "listening for peers");
+        let transport = crate::raft::transport::Transport::new(
+            crate::raft::transport::TransportConfig::new(
+                config.node_id as crate::raft::NodeId,
+                Some(broker.metadata.cluster_id().to_string()),
+            ),
+            shutdown.clone(),
+        );
+        for voter in config.voters.iter().filter(|v| v.id != config.node_id) {
+            transport.add_peer(
+                voter.id as crate::raft::NodeId,
+                format!("{}:{}", voter.host, voter.port),
+            );
+        }
+        let serving = transport.serve(socket, Arc::new(crate::raft::NoGroups));
+        servers.push(tokio::spawn(async move {
+            serving.await;
+            Ok(())
+        }));
+    }
+
     let background = tokio::spawn(background_tasks(broker.clone(), shutdown.clone()));
     let group_timers = tokio::spawn(
         broker

@@ -85,7 +85,8 @@ pub struct Voter {
 
 impl Voter {
     fn parse(value: &str) -> Result<Voter> {
-        let bad = || anyhow!("controller.quorum.voters entry `{value}` must look like id@host:port");
+        let bad =
+            || anyhow!("controller.quorum.voters entry `{value}` must look like id@host:port");
         let (id, address) = value.split_once('@').ok_or_else(bad)?;
         let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -174,7 +175,10 @@ pub struct ResourceLimits {
 /// Built-in defaults: Kafka's values where Kafka has the property.
 const DEFAULTS: &[(&str, &str)] = &[
     ("node.id", "1"),
-    ("listeners", "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"),
+    (
+        "listeners",
+        "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+    ),
     // Kafka's KRaft names. Empty voters: this node alone.
     ("controller.listener.names", "CONTROLLER"),
     ("controller.quorum.voters", ""),
@@ -1393,7 +1397,10 @@ mod tests {
         assert_eq!(config.listeners.len(), 1);
         assert_eq!(config.listeners[0].name, "PLAINTEXT");
         let controller = config.controller_listener.expect("a CONTROLLER listener");
-        assert_eq!((controller.host.as_str(), controller.port), ("127.0.0.1", 9093));
+        assert_eq!(
+            (controller.host.as_str(), controller.port),
+            ("127.0.0.1", 9093)
+        );
         assert_eq!(
             config.voters,
             vec![Voter {
@@ -1409,7 +1416,9 @@ mod tests {
     fn cluster_sources(voters: &str) -> ConfigSources {
         let mut sources = ConfigSources::new();
         sources.set("node.id", "2").expect("known");
-        sources.set("controller.quorum.voters", voters).expect("known");
+        sources
+            .set("controller.quorum.voters", voters)
+            .expect("known");
         sources
     }
 
@@ -1427,8 +1436,12 @@ mod tests {
             .expect("parses");
         assert_eq!(five.default_replication_factor, 3);
         let mut explicit = cluster_sources("1@a:1,2@b:2,3@c:3");
-        explicit.set("default.replication.factor", "2").expect("known");
-        explicit.set("offsets.topic.replication.factor", "1").expect("known");
+        explicit
+            .set("default.replication.factor", "2")
+            .expect("known");
+        explicit
+            .set("offsets.topic.replication.factor", "1")
+            .expect("known");
         let explicit = explicit.build().expect("parses");
         assert_eq!(explicit.default_replication_factor, 2);
         assert_eq!(explicit.offsets_topic_replication_factor, 1);
@@ -1452,7 +1465,10 @@ mod tests {
         no_controller
             .set("listeners", "PLAINTEXT://127.0.0.1:9092")
             .expect("known");
-        let error = no_controller.build().expect_err("needs CONTROLLER").to_string();
+        let error = no_controller
+            .build()
+            .expect_err("needs CONTROLLER")
+            .to_string();
         assert!(error.contains("CONTROLLER://"), "{error}");
         // A lone node needs no controller listener.
         let mut alone = ConfigSources::new();

@@ -17,6 +17,22 @@
 //! node-level election driver triggers elections only in the groups whose
 //! leader is gone.
 
+pub mod transport;
 pub mod types;
 
 pub use types::{GroupId, NodeId};
+
+/// The group registry of a node that hosts no Raft group yet: every request
+/// is answered with an error naming the group.
+pub struct NoGroups;
+
+impl transport::Handler for NoGroups {
+    fn handle(
+        &self,
+        _from: NodeId,
+        group: GroupId,
+        _body: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, String>> {
+        Box::pin(async move { Err(format!("no Raft group {group} on this node")) })
+    }
+}

@@ -75,6 +75,8 @@ struct BrokerProcess {
     /// stdout and stderr, appended across restarts).
     dir: tempfile::TempDir,
     port: u16,
+    /// The CONTROLLER (node-to-node) listener's port, if it has one.
+    controller_port: Option<u16>,
     extra_args: Vec<String>,
     /// RLIMIT_NOFILE (soft and hard) the process starts with, if limited.
     nofile_limit: Option<u64>,
@@ -137,22 +139,58 @@ impl Broker {
         Broker::spawn(extra_args, Some(nofile_limit)).map(Some)
     }
 
+    /// A `fjord` process owned by the test that also listens for peers on a
+    /// CONTROLLER listener of its own ([`Broker::controller_address`]).
+    pub fn start_process_with_controller(
+        test_name: &str,
+        extra_args: &[&str],
+    ) -> Result<Option<Broker>> {
+        if let Some(bootstrap) = external_bootstrap() {
+            eprintln!(
+                "SKIP {test_name}: needs its own fjord process with a CONTROLLER listener, \
+                 but {EXTERNAL_BOOTSTRAP_ENV}={bootstrap} is set"
+            );
+            return Ok(None);
+        }
+        let mut broker = Broker::prepare(extra_args, None)?;
+        if let Some(process) = broker.process.as_mut() {
+            process.controller_port = Some(free_port()?);
+            process.launch()?;
+        }
+        Ok(Some(broker))
+    }
+
+    /// `host:port` of the CONTROLLER listener, if the broker has one.
+    pub fn controller_address(&self) -> Option<String> {
+        let port = self.process.as_ref()?.controller_port?;
+        Some(format!("127.0.0.1:{port}"))
+    }
+
     fn spawn(extra_args: &[&str], nofile_limit: Option<u64>) -> Result<Broker> {
+        let mut broker = Broker::prepare(extra_args, nofile_limit)?;
+        if let Some(process) = broker.process.as_mut() {
+            process.launch()?;
+        }
+        Ok(broker)
+    }
+
+    /// A broker handle whose process is not started yet.
+    fn prepare(extra_args: &[&str], nofile_limit: Option<u64>) -> Result<Broker> {
         let bin = fjord_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("fjord-it-")
             .tempdir()
             .context("creating the broker's temporary directory")?;
         let port = free_port()?;
-        let mut process = BrokerProcess {
+        let process = BrokerProcess {
             bin,
             dir,
             port,
+            controller_port: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             nofile_limit,
             child: None,
         };
-        process.launch()?;
         Ok(Broker {
             bootstrap: format!("127.0.0.1:{port}"),
             process: Some(process),
@@ -307,7 +345,13 @@ impl BrokerProcess {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("serve")
             .arg("--listeners")
-            .arg(format!("PLAINTEXT://127.0.0.1:{}", self.port))
+            .arg(match self.controller_port {
+                Some(controller) => format!(
+                    "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{controller}",
+                    self.port
+                ),
+                None => format!("PLAINTEXT://127.0.0.1:{}", self.port),
+            })
             .arg("--log-dirs")
             .arg(self.data_dir())
             .args(&self.extra_args)
