@@ -17,6 +17,7 @@
 //! node-level election driver triggers elections only in the groups whose
 //! leader is gone.
 
+pub mod entry_log;
 pub mod transport;
 pub mod types;
 
