@@ -236,7 +236,7 @@ impl<C: EntryTypes> EntryLog<C> {
                 entries,
                 end: good,
                 vote: read_single(&dir.join("vote"))?,
-                committed: read_single(&dir.join("committed"))?,
+                committed: read_single::<Option<LogId<NodeId>>>(&dir.join("committed"))?.flatten(),
                 last_purged,
             })),
         })
@@ -606,4 +606,4 @@ where
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,6 +9,11 @@
 //!   framing, request ids, timeouts, reconnects, and node liveness.
 //! - `entry_log` — a file-backed Raft log and state machine for small groups
 //!   (the metadata group), whose entries are serialized commands.
+//! - `network` — openraft's network over the transport, and the registry
+//!   that routes a peer's request to the group it names.
+//! - `group` — starts an entry group on a node (files, Raft, registry) and
+//!   bootstraps a fresh one: the lowest voter initializes it once a majority
+//!   of the voters hold no state of it.
 //!
 //! Design decision (see DESIGN.md, "Consensus layout"): per-group timers are
 //! off. Heartbeats and elections of thousands of partition groups would cost
@@ -18,6 +23,8 @@
 //! leader is gone.
 
 pub mod entry_log;
+pub mod group;
+pub mod network;
 pub mod transport;
 pub mod types;
 

@@ -197,6 +197,18 @@ async fn read_frame(
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>;
 
+/// Removes a call from `pending` when dropped.
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().remove(&self.id);
+    }
+}
+
 /// The outbound side of one peer: a queue into its connection task and the
 /// calls waiting for answers.
 struct Peer {
@@ -320,15 +332,17 @@ impl Transport {
             }
             pending.insert(id, tx);
         }
-        let forget = || {
-            state.pending.lock().remove(&id);
+        // Forgets the call however it ends, also when the caller drops it
+        // (openraft gives up on RPCs by dropping them).
+        let _forget = Forget {
+            pending: &state.pending,
+            id,
         };
         if state
             .queue
             .try_send(Frame::Request { id, group, body })
             .is_err()
         {
-            forget();
             return Err(CallError::Busy(peer));
         }
         match tokio::time::timeout(self.config.call_timeout, rx).await {
@@ -336,10 +350,7 @@ impl Transport {
             Ok(Ok(Err(reason))) => Err(CallError::Remote(peer, reason)),
             // The connection dropped and failed every pending call.
             Ok(Err(_)) => Err(CallError::Unreachable(peer)),
-            Err(_) => {
-                forget();
-                Err(CallError::Timeout(peer))
-            }
+            Err(_) => Err(CallError::Timeout(peer)),
         }
     }
 

@@ -13,13 +13,13 @@ use super::*;
 /// `key = value`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Put {
-    key: String,
-    value: String,
+    pub key: String,
+    pub value: String,
 }
 
 /// A map of keys; `apply` answers the value a put replaced.
 #[derive(Default, Serialize, Deserialize)]
-struct Map(BTreeMap<String, String>);
+pub struct Map(pub BTreeMap<String, String>);
 
 impl Applier for Map {
     type Command = Put;
@@ -108,6 +108,9 @@ async fn entries_vote_truncation_and_purge_survive_reopening() {
     let mut log = EntryLog::<Test>::open(dir.path()).expect("open");
     append(&mut log, (1..=10).map(|i| put(1, i, "k")).collect()).await;
     log.save_vote(&Vote::new(2, 3)).await.expect("vote");
+    log.save_committed(Some(log_id(1, 6)))
+        .await
+        .expect("committed");
     log.truncate(log_id(1, 8)).await.expect("truncate");
     log.purge(log_id(1, 3)).await.expect("purge");
     append(&mut log, vec![put(2, 8, "after")]).await;
@@ -119,6 +122,10 @@ async fn entries_vote_truncation_and_purge_survive_reopening() {
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
     assert_eq!(state.last_log_id, Some(log_id(2, 8)));
     assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 3)));
+    assert_eq!(
+        log.read_committed().await.expect("committed"),
+        Some(log_id(1, 6))
+    );
 }
 
 #[tokio::test]

@@ -146,6 +146,15 @@ async fn a_call_nobody_answers_times_out_and_waiting_calls_are_bounded() {
     for result in hung {
         assert_eq!(result, Err(CallError::Timeout(2)));
     }
+    // A call its caller gives up on (drops) gives its slot back too.
+    for _ in 0..8 {
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(20),
+            a.transport.call(2, partition(0), b"hang".to_vec()),
+        )
+        .await;
+        assert!(dropped.is_err(), "a hanging call cannot answer");
+    }
     // The timed-out calls gave their slots back.
     assert_eq!(
         a.transport.call(2, partition(3), b"ok".to_vec()).await,

@@ -1,0 +1,168 @@
+//! Starting a Raft group of serialized commands (the metadata group) on
+//! this node: its log and state machine, its `Raft`, its place in the
+//! registry, and the one-time bootstrap of a fresh cluster.
+//!
+//! Bootstrap: voters may start in any order. The voter with the lowest id
+//! initializes the group, once, when a majority of the voters (itself
+//! included) answer that they hold no state of it; if any voter already
+//! has state, the group exists and nobody initializes it again (a voter
+//! that lost its data is brought back by the leader instead).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{BasicNode, Config, Raft};
+use tokio::sync::watch;
+
+use super::entry_log::{Applier, EntryLog, EntryMachine, EntryTypes};
+use super::network::{probe, GroupNetwork, RaftService, Registry};
+use super::transport::Transport;
+use super::types::{GroupId, NodeId};
+
+/// How often bootstrap asks the other voters whether they hold state.
+const BOOTSTRAP_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Raft timers of an entry group.
+#[derive(Clone, Debug)]
+pub struct GroupTimers {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for GroupTimers {
+    fn default() -> Self {
+        GroupTimers {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+        }
+    }
+}
+
+/// A running entry group on this node.
+pub struct EntryGroup<C: EntryTypes, A> {
+    pub id: GroupId,
+    pub raft: Raft<C>,
+    pub machine: EntryMachine<C, A>,
+    registry: Arc<Registry>,
+}
+
+impl<C, A> EntryGroup<C, A>
+where
+    C: EntryTypes,
+    A: Applier<Command = C::D, Response = C::R>,
+{
+    /// Opens the group's files in `dir`, starts its Raft and registers it
+    /// for peers' requests; the lowest voter also starts the bootstrap.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        node: NodeId,
+        id: GroupId,
+        voters: BTreeMap<NodeId, BasicNode>,
+        dir: &Path,
+        timers: &GroupTimers,
+        transport: Arc<Transport>,
+        registry: Arc<Registry>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let log = EntryLog::<C>::open(&dir.join("log"))
+            .with_context(|| format!("opening the Raft log of group {id} in {}", dir.display()))?;
+        let machine = EntryMachine::<C, A>::open(&dir.join("state")).with_context(|| {
+            format!(
+                "opening the state machine of group {id} in {}",
+                dir.display()
+            )
+        })?;
+        let config = Config {
+            cluster_name: id.to_string(),
+            heartbeat_interval: timers.heartbeat_ms,
+            election_timeout_min: timers.election_timeout_min_ms,
+            election_timeout_max: timers.election_timeout_max_ms,
+            ..Config::default()
+        }
+        .validate()
+        .context("Raft timers")?;
+        let network = GroupNetwork {
+            transport: transport.clone(),
+            group: id,
+        };
+        let raft = Raft::new(node, Arc::new(config), network, log, machine.clone())
+            .await
+            .with_context(|| format!("starting Raft group {id}"))?;
+        registry.insert(id, Arc::new(RaftService { raft: raft.clone() }));
+        if voters.keys().next() == Some(&node) {
+            tokio::spawn(bootstrap::<C>(
+                raft.clone(),
+                id,
+                voters,
+                transport,
+                shutdown,
+            ));
+        }
+        Ok(EntryGroup {
+            id,
+            raft,
+            machine,
+            registry,
+        })
+    }
+
+    /// Leaves the registry and stops the group's Raft.
+    pub async fn stop(&self) {
+        self.registry.remove(&self.id);
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Initializes `group` over `voters` once a majority of them is known to
+/// hold no state of it; returns when the group exists or on shutdown.
+async fn bootstrap<C: EntryTypes>(
+    raft: Raft<C>,
+    group: GroupId,
+    voters: BTreeMap<NodeId, BasicNode>,
+    transport: Arc<Transport>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let majority = voters.len() / 2 + 1;
+    loop {
+        match raft.is_initialized().await {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return,
+        }
+        let mut fresh = BTreeSet::from([transport.config().node_id]);
+        let mut exists = false;
+        for &peer in voters.keys().filter(|&&p| p != transport.config().node_id) {
+            match probe::<C>(&transport, group, peer).await {
+                Ok(false) => {
+                    fresh.insert(peer);
+                }
+                Ok(true) => exists = true,
+                Err(_) => {}
+            }
+        }
+        if exists {
+            tracing::info!(%group, "group exists on another voter; not initializing it");
+            return;
+        }
+        if fresh.len() >= majority {
+            match raft.initialize(voters.clone()).await {
+                Ok(()) => {
+                    tracing::info!(%group, voters = ?voters.keys().collect::<Vec<_>>(), "initialized a new Raft group")
+                }
+                Err(e) => tracing::info!(%group, error = %e, "group already initialized"),
+            }
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BOOTSTRAP_PROBE_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! openraft's network over the node-to-node transport, and the registry
+//! that routes peers' requests to the right group on this node.
+//!
+//! A group's RPCs (append entries, vote, a whole snapshot, and Fjord's
+//! bootstrap probe) travel as bincode `RaftRequest`s in transport calls
+//! addressed to the group. A snapshot goes in one call, so it must fit in a
+//! frame (`TransportConfig::max_frame_bytes`): fine for the metadata group;
+//! partition groups will stream segments instead.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use bincode::Options;
+use futures::future::BoxFuture;
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::entry_log::EntryTypes;
+use super::transport::{CallError, Handler, Transport};
+use super::types::{GroupId, NodeId};
+
+/// Largest request or reply decoded (the transport's frames are smaller).
+const MESSAGE_BYTES_MAX: u64 = 1 << 30;
+
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum RaftRequest<C: EntryTypes> {
+    Append(AppendEntriesRequest<C>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot {
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, BasicNode>,
+        data: Vec<u8>,
+    },
+    /// Whether the group has any state on the peer (bootstrap asks this).
+    Probe,
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum RaftReply {
+    Append(AppendEntriesResponse<NodeId>),
+    Vote(VoteResponse<NodeId>),
+    Snapshot(SnapshotResponse<NodeId>),
+    Probe { initialized: bool },
+}
+
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_limit(MESSAGE_BYTES_MAX)
+        .reject_trailing_bytes()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    codec().serialize(value).map_err(|e| e.to_string())
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    codec().deserialize(bytes).map_err(|e| e.to_string())
+}
+
+/// One group's side of the registry: answers a peer's request.
+pub trait GroupService: Send + Sync + 'static {
+    fn handle(&self, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+}
+
+/// Serves a Raft group's RPCs by handing them to its `Raft`.
+pub struct RaftService<C: EntryTypes> {
+    pub raft: Raft<C>,
+}
+
+impl<C: EntryTypes> GroupService for RaftService<C> {
+    fn handle(&self, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let request: RaftRequest<C> = decode(&body)?;
+            let reply = match request {
+                RaftRequest::Append(rpc) => {
+                    RaftReply::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string())?)
+                }
+                RaftRequest::Vote(rpc) => {
+                    RaftReply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())?)
+                }
+                RaftRequest::Snapshot { vote, meta, data } => {
+                    let snapshot = Snapshot {
+                        meta,
+                        snapshot: Box::new(data),
+                    };
+                    RaftReply::Snapshot(
+                        raft.install_full_snapshot(vote, snapshot)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    )
+                }
+                RaftRequest::Probe => RaftReply::Probe {
+                    initialized: raft.is_initialized().await.map_err(|e| e.to_string())?,
+                },
+            };
+            encode(&reply)
+        })
+    }
+}
+
+/// The groups this node hosts, by id: what the transport's server calls.
+#[derive(Default)]
+pub struct Registry {
+    groups: RwLock<HashMap<GroupId, Arc<dyn GroupService>>>,
+}
+
+impl Registry {
+    pub fn insert(&self, group: GroupId, service: Arc<dyn GroupService>) {
+        self.groups.write().insert(group, service);
+    }
+
+    pub fn remove(&self, group: &GroupId) {
+        self.groups.write().remove(group);
+    }
+}
+
+impl Handler for Registry {
+    fn handle(
+        &self,
+        _from: NodeId,
+        group: GroupId,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        match self.groups.read().get(&group) {
+            Some(service) => service.handle(body),
+            None => Box::pin(async move { Err(format!("no Raft group {group} on this node")) }),
+        }
+    }
+}
+
+/// Creates a `PeerClient` per target for one group.
+pub struct GroupNetwork {
+    pub transport: Arc<Transport>,
+    pub group: GroupId,
+}
+
+/// Sends one group's RPCs to one peer.
+pub struct PeerClient {
+    transport: Arc<Transport>,
+    group: GroupId,
+    target: NodeId,
+}
+
+impl PeerClient {
+    async fn call<C: EntryTypes>(&self, request: &RaftRequest<C>) -> Result<RaftReply, CallError> {
+        let body = encode(request).map_err(|e| CallError::Remote(self.target, e))?;
+        let answer = self.transport.call(self.target, self.group, body).await?;
+        decode(&answer).map_err(|e| CallError::Remote(self.target, e))
+    }
+}
+
+fn rpc_error<E: std::error::Error>(error: CallError) -> RPCError<NodeId, BasicNode, E> {
+    match error {
+        CallError::UnknownPeer(_) | CallError::Unreachable(_) => {
+            RPCError::Unreachable(Unreachable::new(&error))
+        }
+        _ => RPCError::Network(NetworkError::new(&error)),
+    }
+}
+
+fn unexpected(target: NodeId) -> CallError {
+    CallError::Remote(target, "unexpected reply type".into())
+}
+
+impl<C: EntryTypes> RaftNetworkFactory<C> for GroupNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
+        PeerClient {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+        }
+    }
+}
+
+impl<C: EntryTypes> RaftNetwork<C> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(&RaftRequest::<C>::Append(rpc)).await {
+            Ok(RaftReply::Append(reply)) => Ok(reply),
+            Ok(_) => Err(rpc_error(unexpected(self.target))),
+            Err(e) => Err(rpc_error(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(&RaftRequest::<C>::Vote(rpc)).await {
+            Ok(RaftReply::Vote(reply)) => Ok(reply),
+            Ok(_) => Err(rpc_error(unexpected(self.target))),
+            Err(e) => Err(rpc_error(e)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<C>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<C, Fatal<NodeId>>> {
+        let request = RaftRequest::<C>::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: *snapshot.snapshot,
+        };
+        let reply = tokio::select! {
+            reply = self.call(&request) => reply,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        match reply {
+            Ok(RaftReply::Snapshot(reply)) => Ok(reply),
+            Ok(_) => Err(StreamingError::Network(NetworkError::new(&unexpected(
+                self.target,
+            )))),
+            Err(e @ (CallError::UnknownPeer(_) | CallError::Unreachable(_))) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+/// Asks `peer` whether it holds any state of `group`.
+pub async fn probe<C: EntryTypes>(
+    transport: &Transport,
+    group: GroupId,
+    peer: NodeId,
+) -> Result<bool, CallError> {
+    let body = encode(&RaftRequest::<C>::Probe).map_err(|e| CallError::Remote(peer, e))?;
+    let answer = transport.call(peer, group, body).await?;
+    match decode(&answer).map_err(|e| CallError::Remote(peer, e))? {
+        RaftReply::Probe { initialized } => Ok(initialized),
+        _ => Err(unexpected(peer)),
+    }
+}
