@@ -15,12 +15,13 @@
 //!   bootstraps a fresh one: the lowest voter initializes it once a majority
 //!   of the voters hold no state of it.
 //!
-//! Design decision (see DESIGN.md, "Consensus layout"): per-group timers are
-//! off. Heartbeats and elections of thousands of partition groups would cost
+//! Design decision (see DESIGN.md, "Consensus layout"): partition groups
+//! will run with openraft's per-group timers off. Heartbeats and elections of thousands of partition groups would cost
 //! CPU in proportion to the partition count even when idle; instead one
 //! node-level heartbeat per peer tells which nodes are alive, and a
 //! node-level election driver triggers elections only in the groups whose
-//! leader is gone.
+//! leader is gone. The metadata group is a single group and keeps
+//! openraft's own timers (`group::GroupTimers`).
 
 pub mod entry_log;
 pub mod group;
