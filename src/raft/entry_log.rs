@@ -49,6 +49,7 @@ pub trait EntryTypes:
     Node = BasicNode,
     Entry = Entry<Self>,
     SnapshotData = Vec<u8>,
+    Responder = openraft::impls::OneshotResponder<Self>,
     D: Clone,
 >
 {
@@ -60,6 +61,7 @@ impl<C> EntryTypes for C where
         Node = BasicNode,
         Entry = Entry<C>,
         SnapshotData = Vec<u8>,
+        Responder = openraft::impls::OneshotResponder<C>,
         D: Clone,
     >
 {

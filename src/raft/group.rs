@@ -1,6 +1,7 @@
 //! Starting a Raft group of serialized commands (the metadata group) on
 //! this node: its log and state machine, its `Raft`, its place in the
-//! registry, and the one-time bootstrap of a fresh cluster.
+//! registry, the one-time bootstrap of a fresh cluster, and proposals from
+//! any member (a follower forwards its command to the leader).
 //!
 //! Bootstrap: voters may start in any order. The voter with the lowest id
 //! initializes the group, once, when a majority of the voters (itself
@@ -18,7 +19,9 @@ use openraft::{BasicNode, Config, Raft};
 use tokio::sync::watch;
 
 use super::entry_log::{Applier, EntryLog, EntryMachine, EntryTypes};
-use super::network::{probe, GroupNetwork, RaftService, Registry};
+use super::network::{
+    decode, encode, probe, GroupNetwork, RaftReply, RaftRequest, RaftService, Registry,
+};
 use super::transport::Transport;
 use super::types::{GroupId, NodeId};
 
@@ -49,7 +52,13 @@ pub struct EntryGroup<C: EntryTypes, A> {
     pub raft: Raft<C>,
     pub machine: EntryMachine<C, A>,
     registry: Arc<Registry>,
+    transport: Arc<Transport>,
 }
+
+/// How many times `propose` looks for the leader before giving up, and how
+/// long it waits between looks.
+const PROPOSE_ATTEMPTS: usize = 20;
+const PROPOSE_RETRY: Duration = Duration::from_millis(100);
 
 impl<C, A> EntryGroup<C, A>
 where
@@ -99,7 +108,7 @@ where
                 raft.clone(),
                 id,
                 voters,
-                transport,
+                transport.clone(),
                 shutdown,
             ));
         }
@@ -108,7 +117,47 @@ where
             raft,
             machine,
             registry,
+            transport,
         })
+    }
+
+    /// Commits `command` through the group's leader, wherever it is (here,
+    /// or forwarded to it, as Kafka forwards admin requests to the
+    /// controller); its response once committed and applied on the leader.
+    pub async fn propose(&self, command: C::D) -> anyhow::Result<C::R> {
+        let mut last_error = String::from("no leader");
+        for _ in 0..PROPOSE_ATTEMPTS {
+            let leader = match self.raft.client_write(command.clone()).await {
+                Ok(written) => return Ok(written.data),
+                Err(e) => match e.forward_to_leader() {
+                    Some(forward) => {
+                        last_error = e.to_string();
+                        forward.leader_id
+                    }
+                    None => anyhow::bail!("group {}: {e}", self.id),
+                },
+            };
+            if let Some(leader) = leader.filter(|&l| l != self.transport.config().node_id) {
+                let body = encode(&RaftRequest::<C>::Propose(command.clone()))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                match self.transport.call(leader, self.id, body).await {
+                    Ok(answer) => match decode::<RaftReply>(&answer) {
+                        Ok(RaftReply::Proposed(Ok(response))) => {
+                            return decode(&response).map_err(|e| anyhow::anyhow!("{e}"))
+                        }
+                        Ok(RaftReply::Proposed(Err((reason, _)))) => last_error = reason,
+                        Ok(_) => last_error = "unexpected reply".into(),
+                        Err(e) => last_error = e,
+                    },
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            tokio::time::sleep(PROPOSE_RETRY).await;
+        }
+        anyhow::bail!(
+            "group {}: no leader committed the command: {last_error}",
+            self.id
+        )
     }
 
     /// Leaves the registry and stops the group's Raft.

@@ -43,6 +43,8 @@ pub enum RaftRequest<C: EntryTypes> {
     },
     /// Whether the group has any state on the peer (bootstrap asks this).
     Probe,
+    /// A command for the group's leader to commit (sent by a follower).
+    Propose(C::D),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -50,7 +52,12 @@ pub enum RaftReply {
     Append(AppendEntriesResponse<NodeId>),
     Vote(VoteResponse<NodeId>),
     Snapshot(SnapshotResponse<NodeId>),
-    Probe { initialized: bool },
+    Probe {
+        initialized: bool,
+    },
+    /// The committed command's response (bincode), or why it was not
+    /// committed, with the leader this node knows of.
+    Proposed(Result<Vec<u8>, (String, Option<NodeId>)>),
 }
 
 fn codec() -> impl Options {
@@ -103,6 +110,15 @@ impl<C: EntryTypes> GroupService for RaftService<C> {
                 RaftRequest::Probe => RaftReply::Probe {
                     initialized: raft.is_initialized().await.map_err(|e| e.to_string())?,
                 },
+                RaftRequest::Propose(command) => {
+                    RaftReply::Proposed(match raft.client_write(command).await {
+                        Ok(written) => Ok(encode(&written.data)?),
+                        Err(e) => {
+                            let leader = e.forward_to_leader().and_then(|f| f.leader_id);
+                            Err((e.to_string(), leader))
+                        }
+                    })
+                }
             };
             encode(&reply)
         })

@@ -132,12 +132,33 @@ async fn three_voters_form_a_group_replicate_fail_over_and_catch_up() {
     for voter in running.values() {
         assert_eq!(leader_seen_by(voter, None).await, leader);
     }
-    let mut last = 0;
     for i in 0..10 {
-        last = write(&running[&leader], &format!("k{i}"), "first").await;
+        write(&running[&leader], &format!("k{i}"), "first").await;
     }
+    // A follower's proposal is forwarded to the leader and committed.
+    let follower = *running.keys().find(|&&n| n != leader).expect("a follower");
+    let replaced = running[&follower]
+        .group
+        .propose(Put {
+            key: "k0".into(),
+            value: "via follower".into(),
+        })
+        .await
+        .expect("forwarded and committed");
+    assert_eq!(replaced, Some("first".to_string()));
+    let mut last = running[&leader]
+        .group
+        .raft
+        .metrics()
+        .borrow()
+        .last_log_index
+        .expect("log");
     for voter in running.values() {
         applied_at_least(voter, last).await;
+        assert_eq!(
+            voter.group.machine.with_state(|m| m.0.get("k0").cloned()),
+            Some("via follower".to_string())
+        );
     }
 
     // The leader stops; the other two elect a new one and go on.
