@@ -143,6 +143,13 @@ impl Liveness {
     }
 }
 
+/// Ticks every `heartbeat_interval`; late ticks are not made up.
+fn heartbeat_timer(config: &TransportConfig) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval(config.heartbeat_interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
 /// Resolves once `shutdown` says stop (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -440,8 +447,7 @@ impl Transport {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         let (answers, mut outgoing) = mpsc::channel::<Frame>(self.config.max_inflight);
         // Heartbeats go both ways, so the caller hears an idle server too.
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = heartbeat_timer(&self.config);
         let write_task = tokio::spawn(async move {
             loop {
                 let frame = tokio::select! {
@@ -519,9 +525,8 @@ async fn connect_loop(
                 tracing::info!(peer = peer.id, %addr, "connected to peer");
                 run_connection(&transport, &peer, stream, &mut queue, &mut shutdown, limit).await;
                 peer.state.send_replace(PeerState::Connecting);
-                for (_, waiter) in peer.pending.lock().drain() {
-                    drop(waiter);
-                }
+                // Dropping the waiters fails their calls with Unreachable.
+                peer.pending.lock().clear();
                 // Requests queued for the broken connection are stale now.
                 while queue.try_recv().is_ok() {}
                 tracing::info!(peer = peer.id, %addr, "lost the connection to peer");
@@ -605,8 +610,7 @@ async fn run_connection(
             }
         }
     });
-    let mut heartbeat = tokio::time::interval(transport.config.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = heartbeat_timer(&transport.config);
     loop {
         let frame = tokio::select! {
             frame = queue.recv() => match frame {

@@ -111,11 +111,7 @@ impl Broker {
     /// restart the broker. Returns `None` (after printing why) when an
     /// external broker is configured: such a test must then skip.
     pub fn start_process(test_name: &str, extra_args: &[&str]) -> Result<Option<Broker>> {
-        if let Some(bootstrap) = external_bootstrap() {
-            eprintln!(
-                "SKIP {test_name}: needs to stop/kill/restart its own fjord process, \
-                 but {EXTERNAL_BOOTSTRAP_ENV}={bootstrap} is set"
-            );
+        if skip_for_external(test_name, "to stop/kill/restart its own fjord process") {
             return Ok(None);
         }
         Broker::spawn(extra_args, None).map(Some)
@@ -129,11 +125,7 @@ impl Broker {
         extra_args: &[&str],
         nofile_limit: u64,
     ) -> Result<Option<Broker>> {
-        if let Some(bootstrap) = external_bootstrap() {
-            eprintln!(
-                "SKIP {test_name}: needs its own fjord process under a descriptor limit, \
-                 but {EXTERNAL_BOOTSTRAP_ENV}={bootstrap} is set"
-            );
+        if skip_for_external(test_name, "its own fjord process under a descriptor limit") {
             return Ok(None);
         }
         Broker::spawn(extra_args, Some(nofile_limit)).map(Some)
@@ -145,11 +137,10 @@ impl Broker {
         test_name: &str,
         extra_args: &[&str],
     ) -> Result<Option<Broker>> {
-        if let Some(bootstrap) = external_bootstrap() {
-            eprintln!(
-                "SKIP {test_name}: needs its own fjord process with a CONTROLLER listener, \
-                 but {EXTERNAL_BOOTSTRAP_ENV}={bootstrap} is set"
-            );
+        if skip_for_external(
+            test_name,
+            "its own fjord process with a CONTROLLER listener",
+        ) {
             return Ok(None);
         }
         let mut broker = Broker::prepare(extra_args, None)?;
@@ -482,6 +473,20 @@ fn fjord_bin() -> Result<PathBuf> {
 /// A port that was free a moment ago. Another process could take it before
 /// the broker binds; on a test machine that race is rare and shows up as a
 /// clear start-up failure.
+/// Whether an external broker is configured, which a test that needs its
+/// own process must skip (printing why).
+fn skip_for_external(test_name: &str, needs: &str) -> bool {
+    match external_bootstrap() {
+        Some(bootstrap) => {
+            eprintln!(
+                "SKIP {test_name}: needs {needs}, but {EXTERNAL_BOOTSTRAP_ENV}={bootstrap} is set"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
