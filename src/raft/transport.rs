@@ -47,6 +47,9 @@ pub struct TransportConfig {
     pub cluster_id: Option<String>,
     pub max_frame_bytes: usize,
     pub max_inflight: usize,
+    /// Request bytes one peer connection may have in its handlers at once;
+    /// beyond it the server stops reading that connection.
+    pub max_inflight_bytes: usize,
     pub call_timeout: Duration,
     pub heartbeat_interval: Duration,
     /// A peer not heard from for this long counts as dead.
@@ -62,6 +65,7 @@ impl TransportConfig {
             cluster_id,
             max_frame_bytes: 16 * 1024 * 1024,
             max_inflight: 1024,
+            max_inflight_bytes: 64 * 1024 * 1024,
             call_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_millis(100),
             dead_after: Duration::from_millis(600),
@@ -463,6 +467,7 @@ impl Transport {
             }
         });
         let slots = Arc::new(Semaphore::new(self.config.max_inflight));
+        let bytes = Arc::new(Semaphore::new(self.config.max_inflight_bytes));
         let mut shutdown = self.shutdown.clone();
         loop {
             let frame = tokio::select! {
@@ -477,12 +482,20 @@ impl Transport {
                     let Ok(slot) = slots.clone().acquire_owned().await else {
                         break;
                     };
+                    let cost = body.len().clamp(1, self.config.max_inflight_bytes);
+                    let Ok(held) = bytes
+                        .clone()
+                        .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
+                        .await
+                    else {
+                        break;
+                    };
                     let answers = answers.clone();
                     let work = handler.handle(peer, group, body);
                     tokio::spawn(async move {
                         let result = work.await;
                         let _ = answers.send(Frame::Response { id, result }).await;
-                        drop(slot);
+                        drop((slot, held));
                     });
                 }
                 Ok(None) => break,

@@ -307,3 +307,30 @@ async fn a_peer_that_comes_back_is_reconnected_and_liveness_follows_it() {
     a.stop();
     again.stop();
 }
+
+#[tokio::test]
+async fn a_connection_holds_at_most_its_byte_budget_in_handlers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = TransportConfig::new(2, Some("c".into()));
+    // One "hang" request (4 bytes) fits; a second request must wait for it.
+    config.max_inflight_bytes = 5;
+    let b = node(config, listener).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = TransportConfig::new(1, Some("c".into()));
+    config.call_timeout = Duration::from_millis(500);
+    let a = node(config, listener).await;
+    connected(&a, 2, &b.addr).await;
+    let (hung, blocked) =
+        tokio::join!(a.transport.call(2, partition(0), b"hang".to_vec()), async {
+            tokio::task::yield_now().await;
+            a.transport.call(2, partition(1), b"ok".to_vec()).await
+        });
+    assert_eq!(hung, Err(CallError::Timeout(2)));
+    assert_eq!(
+        blocked,
+        Err(CallError::Timeout(2)),
+        "the budget was not enforced"
+    );
+    a.stop();
+    b.stop();
+}
