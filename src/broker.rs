@@ -15,8 +15,9 @@ use crate::api::KafkaApis;
 use crate::cluster::auto_create::AutoCreateRate;
 use crate::cluster::broker_config::{self, CLUSTER_DEFAULT};
 use crate::cluster::partition_dirs::{self, STRAY_SUFFIX};
+use crate::cluster::placement::{self, Candidate};
 use crate::cluster::{
-    BrokerLayers, ClusterMetadata, TopicConfigs, TopicMeta, TOPIC_PARTITIONS_MAX,
+    stored_cluster_id, BrokerLayers, ClusterMetadata, TopicConfigs, TopicMeta, TOPIC_PARTITIONS_MAX,
 };
 use crate::config::{BrokerConfig, ConfigSources};
 use crate::coordinator::group_coordinator::{GroupCoordinator, OFFSETS_TOPIC};
@@ -39,12 +40,38 @@ pub struct Broker {
     _dir_lock: LogDirLock,
 }
 
+/// One partition's leadership as Metadata and DescribeTopicPartitions
+/// report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionView {
+    /// `None` while the partition has no leader (its replica is offline).
+    pub leader: Option<i32>,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub offline: Vec<i32>,
+}
+
 /// A Kafka error with its message, as handlers pass them around.
 pub type KafkaError = (ResponseError, String);
 
+/// A started broker and the node-to-node server it runs.
+pub struct Started {
+    pub broker: Arc<Broker>,
+    /// The CONTROLLER listener's server, if the node has one.
+    pub peer_server: Option<tokio::task::JoinHandle<()>>,
+}
+
 impl Broker {
-    /// Opens the data directory and recovers every partition. Blocking.
-    pub fn open(config_sources: ConfigSources) -> anyhow::Result<Broker> {
+    /// Starts a node: takes `log.dirs`, starts the node-to-node transport
+    /// (serving the CONTROLLER listener) and this node's member of the
+    /// metadata group, waits until it has joined the cluster, then opens and
+    /// recovers every partition this node hosts. Client listeners are the
+    /// caller's.
+    pub async fn start(
+        config_sources: ConfigSources,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Started> {
         let config = Arc::new(config_sources.build()?);
         std::fs::create_dir_all(&config.log_dirs).map_err(|e| {
             anyhow::anyhow!("cannot create log.dirs {}: {e}", config.log_dirs.display())
@@ -53,9 +80,51 @@ impl Broker {
         // interleave its writes with ours.
         let dir_lock = LogDirLock::acquire(&config.log_dirs)?;
         size_descriptor_cache(&config);
-        let metadata = ClusterMetadata::open(&config.log_dirs, config.node_id)?;
+        let transport = crate::raft::transport::Transport::new(
+            crate::raft::transport::TransportConfig::new(
+                config.node_id as crate::raft::NodeId,
+                stored_cluster_id(&config.log_dirs, config.node_id)?,
+            ),
+            shutdown.clone(),
+        );
+        let registry = Arc::new(crate::raft::network::Registry::default());
+        let mut peer_server = None;
+        if let Some(listener) = &config.controller_listener {
+            let addr = listener.bind_addr()?;
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (CONTROLLER): {e}"))?;
+            tracing::info!(%addr, "listening for peers");
+            peer_server = Some(tokio::spawn(
+                transport.clone().serve(socket, registry.clone()),
+            ));
+        }
+        for voter in config.voters.iter().filter(|v| v.id != config.node_id) {
+            transport.add_peer(
+                voter.id as crate::raft::NodeId,
+                format!("{}:{}", voter.host, voter.port),
+            );
+        }
+        let metadata = ClusterMetadata::start(&config, transport, registry, shutdown).await?;
+        let opened = tokio::task::spawn_blocking(move || {
+            Broker::open(config, config_sources, dir_lock, metadata)
+        })
+        .await??;
+        Ok(Started {
+            broker: Arc::new(opened),
+            peer_server,
+        })
+    }
+
+    /// Opens and recovers every partition this node hosts. Blocking.
+    fn open(
+        config: Arc<BrokerConfig>,
+        config_sources: ConfigSources,
+        dir_lock: LogDirLock,
+        metadata: ClusterMetadata,
+    ) -> anyhow::Result<Broker> {
         let replicas = ReplicaManager::new(&config);
-        let producer_ids = ProducerIdManager::open(&config.log_dirs)?;
+        let producer_ids = ProducerIdManager::new();
         let groups = Arc::new(GroupCoordinator::new(&config));
         let broker = Broker {
             auto_create_rate: AutoCreateRate::new(config.auto_create_topics_max_per_second),
@@ -71,7 +140,7 @@ impl Broker {
         let mut deferred = 0usize;
         for topic in broker.metadata.topics() {
             let log_config = broker.log_config(&topic);
-            for partition in 0..topic.partitions {
+            for partition in broker.hosted_partitions(&topic, 0) {
                 // A partition that cannot be opened (descriptors, a bad
                 // disk) is offline, not fatal: it is retried in the
                 // background and the others serve meanwhile.
@@ -111,16 +180,21 @@ impl Broker {
             "segment.bytes".to_string(),
             self.config.offsets_topic_segment_bytes.to_string(),
         );
-        self.create_topic_as(
+        // Every partition has one replica until partition groups replicate
+        // them (offsets.topic.replication.factor is not applied yet).
+        match self.create_topic_as(
             OFFSETS_TOPIC,
             self.config.offsets_topic_num_partitions,
+            1,
             configs,
             true,
-        )
-        .map_err(|(code, message)| {
-            anyhow::anyhow!("creating {OFFSETS_TOPIC}: {code:?} {message}")
-        })?;
-        Ok(())
+        ) {
+            // Another node created it first.
+            Ok(_) | Err((ResponseError::TopicAlreadyExists, _)) => Ok(()),
+            Err((code, message)) => Err(anyhow::anyhow!(
+                "creating {OFFSETS_TOPIC}: {code:?} {message}"
+            )),
+        }
     }
 
     /// Startup checks of what is stored, before any partition is opened:
@@ -173,26 +247,35 @@ impl Broker {
         &self,
         name: &str,
         partitions: i32,
+        replication_factor: i16,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta, KafkaError> {
-        self.create_topic_as(name, partitions, configs, false)
+        self.create_topic_as(name, partitions, replication_factor, configs, false)
     }
 
     fn create_topic_as(
         &self,
         name: &str,
         partitions: i32,
+        replication_factor: i16,
         configs: BTreeMap<String, String>,
         internal: bool,
     ) -> Result<TopicMeta, KafkaError> {
         let _changes = self.metadata.lock_changes();
         self.check_new_topic(name, partitions, &configs)?;
+        if replication_factor > 1 {
+            return Err((
+                ResponseError::InvalidReplicationFactor,
+                format!("Replication factor {replication_factor} is not supported yet: partitions are not replicated across nodes (issue 9, in progress)."),
+            ));
+        }
         let topic = TopicMeta {
             name: name.to_string(),
             id: uuid::Uuid::new_v4(),
             partitions,
             configs,
             internal,
+            replicas: self.place(0, partitions, replication_factor, random_start())?,
         };
         self.create_logs(&topic, 0)?;
         if let Err(e) = self.metadata.register_topic(topic.clone()) {
@@ -201,6 +284,35 @@ impl Broker {
         }
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
+    }
+
+    /// Replica lists for partitions `first..first + count` over the alive
+    /// brokers (rack-aware), from ring position `start`.
+    pub fn place(
+        &self,
+        first: i32,
+        count: i32,
+        replication_factor: i16,
+        start: usize,
+    ) -> Result<Vec<Vec<i32>>, KafkaError> {
+        let candidates: Vec<Candidate> = self
+            .metadata
+            .alive_brokers()
+            .into_iter()
+            .map(|b| Candidate {
+                id: b.id,
+                rack: b.rack,
+            })
+            .collect();
+        placement::assign(&candidates, first, count, replication_factor, start)
+    }
+
+    /// The partitions of `topic` from `from` on that have a replica here.
+    fn hosted_partitions(&self, topic: &TopicMeta, from: i32) -> Vec<i32> {
+        let me = self.config.node_id;
+        (from.max(0)..topic.partitions)
+            .filter(|&p| topic.replicas_of(p).contains(&me))
+            .collect()
     }
 
     /// Everything CreateTopics checks before it touches the disk.
@@ -218,7 +330,7 @@ impl Broker {
     /// `max.broker.partitions`: refuses `adding` more partitions when the
     /// broker would then host more than the limit.
     pub fn check_partition_budget(&self, adding: i64) -> Result<(), KafkaError> {
-        let hosted = self.metadata.partition_count_total();
+        let hosted = self.metadata.replicas_hosted();
         let limit = self.config.max_broker_partitions;
         if hosted + adding > limit {
             return Err((
@@ -233,7 +345,7 @@ impl Broker {
     /// `partition.metadata`. On failure removes the ones it created.
     fn create_logs(&self, topic: &TopicMeta, from: i32) -> Result<(), KafkaError> {
         let log_config = self.log_config(topic);
-        for partition in from..topic.partitions {
+        for partition in self.hosted_partitions(topic, from) {
             let tp = TopicPartition::new(&topic.name, partition);
             let dir = self.replicas.log_dir().join(tp.dir_name());
             let created = move_aside_leftover(&dir)
@@ -269,7 +381,7 @@ impl Broker {
 
     /// Deletes the logs of partitions `from..` of `topic` (undo of [`create_logs`]).
     fn remove_logs(&self, topic: &TopicMeta, from: i32) {
-        for partition in from..topic.partitions {
+        for partition in self.hosted_partitions(topic, from) {
             if let Err(e) = self
                 .replicas
                 .delete_partition(&TopicPartition::new(&topic.name, partition))
@@ -285,7 +397,7 @@ impl Broker {
     pub fn delete_topic(&self, name: &str) -> Result<TopicMeta, KafkaError> {
         let _changes = self.metadata.lock_changes();
         let topic = self.metadata.delete_topic(name)?;
-        for partition in 0..topic.partitions {
+        for partition in self.hosted_partitions(&topic, 0) {
             if let Err(e) = self
                 .replicas
                 .delete_partition(&TopicPartition::new(name, partition))
@@ -336,12 +448,26 @@ impl Broker {
     pub fn add_partitions(&self, name: &str, count: i32) -> Result<TopicMeta, KafkaError> {
         let _changes = self.metadata.lock_changes();
         let before = self.check_add_partitions(name, count)?;
-        let grown = TopicMeta {
+        // New partitions keep going round the ring where the topic's
+        // first partitions started.
+        let start = before
+            .replicas
+            .first()
+            .and_then(|r| r.first())
+            .map_or(0, |&id| id as usize);
+        let added = self.place(
+            before.partitions,
+            count - before.partitions,
+            before.replicas.first().map_or(1, |r| r.len() as i16),
+            start,
+        )?;
+        let mut grown = TopicMeta {
             partitions: count,
             ..before.clone()
         };
+        grown.replicas.extend(added.iter().cloned());
         self.create_logs(&grown, before.partitions)?;
-        match self.metadata.set_partition_count(name, count) {
+        match self.metadata.add_partitions(name, before.partitions, added) {
             Ok(topic) => Ok(topic),
             Err(e) => {
                 self.remove_logs(&grown, before.partitions);
@@ -417,11 +543,102 @@ impl Broker {
 
     fn apply_log_config(&self, topic: &TopicMeta) {
         let log_config = self.log_config(topic);
-        for partition in 0..topic.partitions {
+        for partition in self.hosted_partitions(topic, 0) {
             if let Some(p) = self.replicas.get(&topic.name, partition) {
                 p.set_config(log_config.clone());
             }
         }
+    }
+
+    /// Brings this node's logs in line with the applied metadata, after
+    /// changes another node made: opens the partitions assigned here that
+    /// are not open, deletes those whose topic is gone (or was created
+    /// again under the same name), and applies every topic's configs.
+    /// Blocking.
+    pub fn reconcile(&self) {
+        self.metadata.connect_registered();
+        let _changes = self.metadata.lock_changes();
+        let topics = self.metadata.topics();
+        for topic in &topics {
+            let log_config = self.log_config(topic);
+            for partition in self.hosted_partitions(topic, 0) {
+                match self.replicas.get(&topic.name, partition) {
+                    Some(open) => open.set_config(log_config.clone()),
+                    None if self.replicas.is_offline(&topic.name, partition) => {}
+                    None => {
+                        let tp = TopicPartition::new(&topic.name, partition);
+                        let dir = self.replicas.log_dir().join(tp.dir_name());
+                        if let Opened::Online(_) =
+                            self.replicas
+                                .open_partition_or_defer(tp, topic.id, log_config.clone())
+                        {
+                            if let Err(e) = partition_dirs::write_partition_metadata(&dir, topic.id)
+                            {
+                                tracing::error!(dir = %dir.display(), error = %e, "writing partition.metadata failed");
+                            }
+                            tracing::info!(topic = %topic.name, partition, "opened a partition assigned here");
+                        }
+                    }
+                }
+            }
+        }
+        let by_name: BTreeMap<&str, &TopicMeta> =
+            topics.iter().map(|t| (t.name.as_str(), t)).collect();
+        let me = self.config.node_id;
+        for open in self.replicas.all() {
+            let keep = by_name.get(open.tp.topic.as_str()).is_some_and(|t| {
+                t.id == open.topic_id && t.replicas_of(open.tp.partition).contains(&me)
+            });
+            if !keep {
+                match self.replicas.delete_partition(&open.tp) {
+                    Ok(()) => {
+                        tracing::info!(partition = %open.tp.dir_name(), "deleted a partition no longer assigned here")
+                    }
+                    Err(e) => {
+                        tracing::error!(partition = %open.tp.dir_name(), error = %e, "deleting a partition failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Who leads one partition of `topic`. Each partition has one replica
+    /// until partition groups replicate them: it leads while it is alive
+    /// (here: while its log is open and online).
+    pub fn partition_view(&self, topic: &TopicMeta, partition: i32) -> PartitionView {
+        let replicas = topic.replicas_of(partition).to_vec();
+        let Some(&first) = replicas.first() else {
+            return PartitionView {
+                leader: None,
+                leader_epoch: -1,
+                replicas,
+                isr: Vec::new(),
+                offline: Vec::new(),
+            };
+        };
+        let (online, leader_epoch) = if first == self.config.node_id {
+            match self.replicas.get(&topic.name, partition) {
+                Some(p) if !p.is_offline() => (true, p.leader_epoch()),
+                _ => (false, -1),
+            }
+        } else {
+            (self.metadata.is_alive(first), 0)
+        };
+        PartitionView {
+            leader: online.then_some(first),
+            leader_epoch,
+            isr: if online { vec![first] } else { Vec::new() },
+            offline: if online { Vec::new() } else { vec![first] },
+            replicas,
+        }
+    }
+
+    /// The node that coordinates `group_id`: the leader of its
+    /// `__consumer_offsets` partition, if it has one now.
+    pub fn coordinator_of(&self, group_id: &str) -> Option<i32> {
+        let topic = self.metadata.topic(OFFSETS_TOPIC)?;
+        self.partition_view(&topic, self.groups.partition_of(group_id))
+            .leader
     }
 
     /// The advertised address of this node (first advertised listener).
@@ -460,6 +677,11 @@ fn size_descriptor_cache(config: &BrokerConfig) {
     );
 }
 
+/// A random ring position for a new topic's first replica.
+fn random_start() -> usize {
+    (uuid::Uuid::new_v4().as_u128() % (usize::MAX as u128)) as usize
+}
+
 /// A directory already at a new partition's path holds nobody's data (its
 /// topic is not registered): move it aside rather than adopt its records.
 /// Anything else at that path is refused: it is not ours to move.
@@ -488,8 +710,10 @@ pub async fn run(
     config_sources: ConfigSources,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let broker = tokio::task::spawn_blocking(move || Broker::open(config_sources)).await??;
-    let broker = Arc::new(broker);
+    let Started {
+        broker,
+        peer_server,
+    } = Broker::start(config_sources, shutdown.clone()).await?;
     let config = broker.config.clone();
     tracing::info!(
         node_id = config.node_id,
@@ -516,35 +740,8 @@ pub async fn run(
         )));
     }
 
-    // Node-to-node RPC on the CONTROLLER listener, and outbound
-    // connections to the other voters.
-    if let Some(listener) = &config.controller_listener {
-        let addr = listener.bind_addr()?;
-        let socket = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (CONTROLLER): {e}"))?;
-        tracing::info!(%addr, "listening for peers");
-        let transport = crate::raft::transport::Transport::new(
-            crate::raft::transport::TransportConfig::new(
-                config.node_id as crate::raft::NodeId,
-                Some(broker.metadata.cluster_id().to_string()),
-            ),
-            shutdown.clone(),
-        );
-        for voter in config.voters.iter().filter(|v| v.id != config.node_id) {
-            transport.add_peer(
-                voter.id as crate::raft::NodeId,
-                format!("{}:{}", voter.host, voter.port),
-            );
-        }
-        let serving = transport.serve(socket, Arc::new(crate::raft::NoGroups));
-        servers.push(tokio::spawn(async move {
-            serving.await;
-            Ok(())
-        }));
-    }
-
     let background = tokio::spawn(background_tasks(broker.clone(), shutdown.clone()));
+    let reconciling = tokio::spawn(reconcile_on_change(broker.clone(), shutdown.clone()));
     let group_timers = tokio::spawn(
         broker
             .groups
@@ -558,10 +755,33 @@ pub async fn run(
     }
     background.abort();
     group_timers.abort();
+    reconciling.abort();
+    if let Some(server) = peer_server {
+        let _ = server.await;
+    }
+    broker.metadata.stop().await;
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.replicas.shutdown()).await?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Reconciles this node's logs with the metadata each time it applies a
+/// change ([`Broker::reconcile`]).
+async fn reconcile_on_change(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut applied = broker.metadata.applied();
+    let mut seen = None;
+    loop {
+        tokio::select! {
+            changed = applied.changed_from(seen) => match changed {
+                Some(now) => seen = now,
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        }
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || b.reconcile()).await;
+    }
 }
 
 /// Periodic flush (`log.flush.interval.ms`), retention

@@ -125,20 +125,32 @@ async fn deleted_topic_data_is_never_resurrected_by_a_recreated_topic() -> Resul
         .await
         .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
     drop(producer);
-    broker.stop()?;
     // A crash between "metadata removed" and "data deleted": the topic is
-    // gone from the metadata, its directory is still there.
-    let path = broker
-        .data_dir()
-        .context("data dir")?
-        .join("fjord-metadata.json");
-    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    doc["topics"]
-        .as_object_mut()
-        .context("topics")?
-        .remove(&topic)
-        .context("topic in metadata")?;
-    std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)?;
+    // gone from the metadata, its directory is still there. Made by
+    // putting back a copy of the directory after the delete.
+    broker.stop()?;
+    let data = broker.data_dir().context("data dir")?;
+    let dir = data.join(format!("{topic}-0"));
+    let copy = data.join("copy-of-deleted-partition");
+    std::fs::create_dir(&copy)?;
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), copy.join(entry.file_name()))?;
+    }
+    broker.restart()?;
+    let mut conn = KafkaConnection::connect(broker.bootstrap()).await?;
+    let deleted = conn
+        .send(
+            4,
+            &DeleteTopicsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topic_names(vec![topic_name(&topic)]),
+        )
+        .await?;
+    ensure!(deleted.responses[0].error_code == NONE, "{deleted:?}");
+    broker.stop()?;
+    ensure!(!dir.exists(), "the delete left {}", dir.display());
+    std::fs::rename(&copy, &dir)?;
     broker.restart()?;
     common::create_topic(broker.bootstrap(), &topic, 1).await?;
     let marks = common::watermarks(broker.bootstrap(), &topic, 1).await?;

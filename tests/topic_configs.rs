@@ -473,17 +473,32 @@ async fn broker_starts_and_serves_a_topic_whose_stored_config_is_invalid_today()
         return Ok(());
     };
     let topic = unique_topic("stored-invalid");
-    common::create_topic(broker.bootstrap(), &topic, 2).await?;
     broker.stop()?;
-    // What an older Fjord accepted: segment.bytes=20 (and a bad dynamic default).
-    let path = broker
-        .data_dir()
-        .context("data dir")?
-        .join("fjord-metadata.json");
-    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    doc["topics"][&topic]["configs"]["segment.bytes"] = "20".into();
-    doc["broker_configs"][""]["log.segment.bytes"] = "30".into();
-    std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)?;
+    // The single-node metadata file an older Fjord left, with what it
+    // accepted then: segment.bytes=20 (and a bad dynamic default). Starting
+    // on it imports it into the metadata group.
+    let data = broker.data_dir().context("data dir")?;
+    std::fs::remove_dir_all(&data)?;
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(
+        data.join("meta.properties"),
+        "version=1\ncluster.id=8J0rJ4zyTnW8B6BjmJ_3HA\nnode.id=1\n",
+    )?;
+    let doc = serde_json::json!({
+        "topics": {
+            topic.clone(): {
+                "name": topic,
+                "id": "0b6fd3a6-1f49-4b2a-9e71-5c1f0d9a8c11",
+                "partitions": 2,
+                "configs": { "segment.bytes": "20" },
+            }
+        },
+        "broker_configs": { "": { "log.segment.bytes": "30" } },
+    });
+    std::fs::write(
+        data.join("fjord-metadata.json"),
+        serde_json::to_vec_pretty(&doc)?,
+    )?;
     broker.restart()?;
 
     let producer = common::producer(broker.bootstrap(), &[])?;

@@ -207,8 +207,13 @@ pub async fn create_topics(
                         if request.validate_only {
                             Ok((new, Uuid::nil()))
                         } else {
-                            b.create_topic(&new.name, new.partitions, new.configs.clone())
-                                .map(|meta| (new, meta.id))
+                            b.create_topic(
+                                &new.name,
+                                new.partitions,
+                                new.replication_factor,
+                                new.configs.clone(),
+                            )
+                            .map(|meta| (new, meta.id))
                         }
                     })
                 };
@@ -455,13 +460,19 @@ pub fn describe_cluster(
     if version >= 1 {
         response.endpoint_type = request.endpoint_type;
     }
-    let (host, port) = broker.advertised();
-    let mut node = DescribeClusterBroker::default();
-    node.broker_id = BrokerId(broker.config.node_id);
-    node.host = StrBytes::from_string(host.to_string());
-    node.port = port;
-    node.rack = broker.config.rack.clone().map(StrBytes::from_string);
-    response.brokers = vec![node];
+    response.brokers = broker
+        .metadata
+        .alive_brokers()
+        .into_iter()
+        .map(|b| {
+            let mut node = DescribeClusterBroker::default();
+            node.broker_id = BrokerId(b.id);
+            node.host = StrBytes::from_string(b.host);
+            node.port = b.port;
+            node.rack = b.rack.map(StrBytes::from_string);
+            node
+        })
+        .collect();
     response.cluster_id = StrBytes::from_string(broker.metadata.cluster_id().to_string());
     response.controller_id = BrokerId(broker.metadata.controller_id());
     response.cluster_authorized_operations = acl::when(

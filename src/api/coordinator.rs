@@ -1,4 +1,5 @@
-//! FindCoordinator: on a single node every group's coordinator is this node.
+//! FindCoordinator: a group's coordinator is the leader of its
+//! `__consumer_offsets` partition, wherever that is.
 //!
 //! librdkafka only enables LZ4 (and its group code paths) when the broker
 //! lists FindCoordinator, so it is implemented even before consumer groups.
@@ -23,8 +24,17 @@ pub fn find(
     version: i16,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let (host, port) = broker.advertised();
-    let node = BrokerId(broker.config.node_id);
+    // A group's coordinator, if it has one now: (node, host, port).
+    let brokers = broker.metadata.alive_brokers();
+    let locate = |group: &str| {
+        let node = broker.coordinator_of(group)?;
+        let b = brokers.iter().find(|b| b.id == node)?;
+        Some((
+            BrokerId(node),
+            StrBytes::from_string(b.host.clone()),
+            b.port,
+        ))
+    };
     let key_type = if version >= 1 {
         request.key_type
     } else {
@@ -39,10 +49,11 @@ pub fn find(
             .take(COORDINATOR_KEYS_MAX)
             .map(|key| {
                 let mut c = Coordinator::default();
+                let found = available.then(|| locate(&key)).flatten();
                 c.key = key;
-                if available {
+                if let Some((node, host, port)) = found {
                     c.node_id = node;
-                    c.host = StrBytes::from_string(host.to_string());
+                    c.host = host;
                     c.port = port;
                 } else {
                     c.node_id = BrokerId(-1);
@@ -52,9 +63,9 @@ pub fn find(
                 c
             })
             .collect();
-    } else if available {
+    } else if let Some((node, host, port)) = available.then(|| locate(&request.key)).flatten() {
         response.node_id = node;
-        response.host = StrBytes::from_string(host.to_string());
+        response.host = host;
         response.port = port;
     } else {
         response.error_code = ResponseError::CoordinatorNotAvailable.code();

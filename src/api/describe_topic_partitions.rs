@@ -73,7 +73,6 @@ pub fn handle(
             .min(broker.config.max_request_partition_size_limit)
             .max(1),
     );
-    let node = BrokerId(broker.config.node_id);
     for topic_name in topics.range(cursor_topic.clone()..) {
         if remaining == 0 {
             let mut next = Cursor::default();
@@ -116,21 +115,22 @@ pub fn handle(
             .map(|index| {
                 let mut p = DescribeTopicPartitionsResponsePartition::default();
                 p.partition_index = index;
-                match broker.replicas.get(topic_name, index) {
-                    Some(partition) => {
-                        p.leader_id = node;
-                        p.leader_epoch = partition.leader_epoch();
+                let view = broker.partition_view(&topic, index);
+                match view.leader {
+                    Some(leader) => {
+                        p.leader_id = BrokerId(leader);
+                        p.leader_epoch = view.leader_epoch;
                     }
                     None => {
                         p.error_code = ResponseError::LeaderNotAvailable.code();
                         p.leader_id = BrokerId(-1);
                     }
                 }
-                p.replica_nodes = vec![node];
-                p.isr_nodes = vec![node];
+                p.replica_nodes = view.replicas.into_iter().map(BrokerId).collect();
+                p.isr_nodes = view.isr.into_iter().map(BrokerId).collect();
                 p.eligible_leader_replicas = Some(Vec::new());
                 p.last_known_elr = Some(Vec::new());
-                p.offline_replicas = Vec::new();
+                p.offline_replicas = view.offline.into_iter().map(BrokerId).collect();
                 p
             })
             .collect();

@@ -226,6 +226,12 @@ pub fn describe(
         .into_iter()
         .take(ITEMS_MAX)
         .map(|group_id| {
+            if let Err(e) = broker.groups.coordinates(broker, &group_id) {
+                let mut g = DescribedGroup::default();
+                g.error_code = e.code();
+                g.group_id = group_id;
+                return g;
+            }
             let d = broker.groups.describe(&group_id);
             let mut g = DescribedGroup::default();
             g.group_state = StrBytes::from_static_str(d.state);

@@ -26,16 +26,24 @@ pub async fn handle(
     request: MetadataRequest,
 ) -> MetadataResponse {
     let mut response = MetadataResponse::default();
-    let (host, port) = broker.advertised();
-    let mut node = MetadataResponseBroker::default();
-    node.node_id = BrokerId(broker.config.node_id);
-    node.host = StrBytes::from_string(host.to_string());
-    node.port = port;
+    response.brokers = broker
+        .metadata
+        .alive_brokers()
+        .into_iter()
+        .map(|b| {
+            let mut node = MetadataResponseBroker::default();
+            node.node_id = BrokerId(b.id);
+            node.host = StrBytes::from_string(b.host);
+            node.port = b.port;
+            if version >= 1 {
+                node.rack = b.rack.map(StrBytes::from_string);
+            }
+            node
+        })
+        .collect();
     if version >= 1 {
-        node.rack = broker.config.rack.clone().map(StrBytes::from_string);
         response.controller_id = BrokerId(broker.metadata.controller_id());
     }
-    response.brokers = vec![node];
     if version >= 2 {
         response.cluster_id = Some(StrBytes::from_string(
             broker.metadata.cluster_id().to_string(),
@@ -147,8 +155,11 @@ async fn by_name(
     let b = broker.clone();
     let topic_name = name.to_string();
     let partitions = broker.config.num_partitions;
-    let created =
-        super::blocking(move || b.create_topic(&topic_name, partitions, BTreeMap::new())).await;
+    let created = super::blocking(move || {
+        let rf = b.config.default_replication_factor;
+        b.create_topic(&topic_name, partitions, rf, BTreeMap::new())
+    })
+    .await;
     match created.and_then(|r| r) {
         Ok(topic) => topic_response(broker, version, &topic),
         // Another request created it between our check and our create.
@@ -169,7 +180,6 @@ async fn by_name(
 }
 
 fn topic_response(broker: &Broker, version: i16, topic: &TopicMeta) -> MetadataResponseTopic {
-    let node = BrokerId(broker.config.node_id);
     let mut out = MetadataResponseTopic::default();
     out.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
     if version >= 10 {
@@ -182,23 +192,24 @@ fn topic_response(broker: &Broker, version: i16, topic: &TopicMeta) -> MetadataR
         .map(|index| {
             let mut p = MetadataResponsePartition::default();
             p.partition_index = index;
-            p.leader_id = node;
-            p.replica_nodes = vec![node];
-            match broker.replicas.get(&topic.name, index) {
-                Some(partition) if !partition.is_offline() => {
+            let view = broker.partition_view(topic, index);
+            p.replica_nodes = view.replicas.iter().copied().map(BrokerId).collect();
+            match view.leader {
+                Some(leader) => {
+                    p.leader_id = BrokerId(leader);
                     if version >= 7 {
-                        p.leader_epoch = partition.leader_epoch();
+                        p.leader_epoch = view.leader_epoch;
                     }
-                    p.isr_nodes = vec![node];
+                    p.isr_nodes = view.isr.iter().copied().map(BrokerId).collect();
                 }
                 // An offline log (or one not opened yet) has no leader until
                 // it is reopened, and its replica is listed offline (v5+),
                 // as Kafka lists replicas on a failed log dir.
-                _ => {
+                None => {
                     p.error_code = ResponseError::LeaderNotAvailable.code();
                     p.leader_id = BrokerId(-1);
                     if version >= 5 {
-                        p.offline_replicas = vec![node];
+                        p.offline_replicas = view.offline.iter().copied().map(BrokerId).collect();
                     }
                 }
             }

@@ -178,6 +178,10 @@ fn offset_fields(found: Option<CommittedOffset>) -> (i64, i32, String) {
 pub fn fetch(broker: &Broker, version: i16, request: OffsetFetchRequest) -> OffsetFetchResponse {
     let mut response = OffsetFetchResponse::default();
     if version < 8 {
+        if let Err(e) = broker.groups.coordinates(broker, &request.group_id) {
+            response.error_code = e.code();
+            return response;
+        }
         let topics = request.topics.map(|ts| {
             ts.into_iter()
                 .map(|t| {
@@ -222,6 +226,12 @@ pub fn fetch(broker: &Broker, version: i16, request: OffsetFetchRequest) -> Offs
         .into_iter()
         .take(PARTITIONS_MAX)
         .map(|group| {
+            if let Err(e) = broker.groups.coordinates(broker, &group.group_id) {
+                let mut g = OffsetFetchResponseGroup::default();
+                g.error_code = e.code();
+                g.group_id = group.group_id;
+                return g;
+            }
             // v10 names topics by id: resolve, remembering the id to echo.
             let wanted: Option<Vec<(String, Uuid, Vec<i32>)>> = group.topics.map(|ts| {
                 ts.into_iter()

@@ -25,13 +25,13 @@ pub async fn handle(
         return response;
     }
     let b = broker.clone();
-    match super::blocking(move || b.producer_ids.next_id()).await {
+    match super::blocking(move || b.producer_ids.next_id(&b.metadata)).await {
         Ok(Ok(id)) => {
             response.producer_id = ProducerId(id);
             response.producer_epoch = 0;
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot persist producer id block");
+        Ok(Err((code, message))) => {
+            tracing::error!(?code, %message, "cannot allocate a producer id block");
             response.error_code = ResponseError::CoordinatorNotAvailable.code();
         }
         Err(_) => response.error_code = ResponseError::CoordinatorNotAvailable.code(),

@@ -106,6 +106,9 @@ pub fn move_stray_partition_dirs(log_dir: &Path, topics: &[TopicMeta]) -> std::i
         let Some(name) = file_name.to_str() else {
             continue;
         };
+        if name == super::METADATA_DIR {
+            continue;
+        }
         let Some((topic, partition)) = parse_dir_name(name) else {
             continue;
         };
@@ -153,6 +156,7 @@ mod tests {
             partitions,
             configs: BTreeMap::new(),
             internal: false,
+            replicas: (0..partitions).map(|_| vec![1]).collect(),
         }
     }
 

@@ -137,8 +137,20 @@ impl GroupCoordinator {
         &self.offsets
     }
 
-    fn partition_of(&self, group_id: &str) -> i32 {
+    pub fn partition_of(&self, group_id: &str) -> i32 {
         partition_for_group(group_id, self.offsets.partitions)
+    }
+
+    /// Whether this node coordinates `group_id`: it leads the group's
+    /// `__consumer_offsets` partition. Otherwise NOT_COORDINATOR (another
+    /// node leads it; clients ask FindCoordinator again) or
+    /// COORDINATOR_NOT_AVAILABLE (nobody does now).
+    pub fn coordinates(&self, broker: &Broker, group_id: &str) -> Result<(), ResponseError> {
+        match broker.coordinator_of(group_id) {
+            Some(node) if node == broker.config.node_id => Ok(()),
+            Some(_) => Err(ResponseError::NotCoordinator),
+            None => Err(ResponseError::CoordinatorNotAvailable),
+        }
     }
 
     fn schedule(&self, group: &Group) {
@@ -252,6 +264,9 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return error(ResponseError::InvalidGroupId);
         }
+        if let Err(e) = self.coordinates(broker, group_id) {
+            return error(e);
+        }
         let wait = Duration::from_millis(
             request
                 .rebalance_timeout_ms
@@ -290,6 +305,9 @@ impl GroupCoordinator {
             protocol_name: None,
             assignment: bytes::Bytes::new(),
         };
+        if let Err(e) = self.coordinates(broker, group_id) {
+            return error(e);
+        }
         let (tx, rx) = oneshot::channel();
         let outcome = self.with_group(group_id, false, |g, now| {
             let wait = g
@@ -338,6 +356,9 @@ impl GroupCoordinator {
         instance: Option<&str>,
         generation_id: i32,
     ) -> Option<ResponseError> {
+        if let Err(e) = self.coordinates(broker, group_id) {
+            return Some(e);
+        }
         match self.with_group(group_id, false, |g, now| {
             (
                 g.heartbeat(now, member_id, instance, generation_id),
@@ -359,6 +380,7 @@ impl GroupCoordinator {
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        self.coordinates(broker, group_id)?;
         match self.with_group(group_id, false, |g, now| g.leave(now, members)) {
             Ok((errors, pending)) => {
                 self.finish(broker, pending).await;
@@ -438,6 +460,9 @@ impl GroupCoordinator {
         broker: &Arc<Broker>,
         group_id: &str,
     ) -> Option<ResponseError> {
+        if let Err(e) = self.coordinates(broker, group_id) {
+            return Some(e);
+        }
         let pending = {
             let mut groups = self.groups.lock();
             let Some(g) = groups.get_mut(group_id) else {
@@ -489,6 +514,7 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
+        self.coordinates(broker, group_id)?;
         // Commits without a generation (admin tools, assign()-only consumers)
         // may create the group; member commits need an existing group.
         let create = generation_id < 0;
@@ -580,6 +606,7 @@ impl GroupCoordinator {
         group_id: &str,
         topics: Vec<(String, Vec<i32>)>,
     ) -> Result<Vec<(String, Vec<(i32, Option<ResponseError>)>)>, ResponseError> {
+        self.coordinates(broker, group_id)?;
         let (results, records) = {
             let mut groups = self.groups.lock();
             let g = groups
@@ -1071,7 +1098,8 @@ mod tests {
     use super::*;
     use crate::config::ConfigSources;
 
-    fn open_broker(dir: &std::path::Path, snapshot_after: usize) -> Arc<Broker> {
+    /// A broker on `dir` without client listeners; [`close_broker`] stops it.
+    async fn open_broker(dir: &std::path::Path, snapshot_after: usize) -> Arc<Broker> {
         let mut sources = ConfigSources::new();
         sources
             .set("log.dirs", dir.display().to_string())
@@ -1079,11 +1107,31 @@ mod tests {
         sources
             .set("offsets.topic.num.partitions", "2")
             .expect("known key");
-        let mut broker = Broker::open(sources).expect("broker opens");
-        Arc::get_mut(&mut broker.groups)
+        // A lone node needs no CONTROLLER listener (none is bound).
+        sources
+            .set("listeners", "PLAINTEXT://127.0.0.1:0")
+            .expect("known key");
+        // The broker runs until the process ends: its shutdown never fires.
+        let (stop, stop_rx) = watch::channel(false);
+        std::mem::forget(stop);
+        let mut broker = Broker::start(sources, stop_rx)
+            .await
+            .expect("broker starts")
+            .broker;
+        Arc::get_mut(&mut Arc::get_mut(&mut broker).expect("sole owner").groups)
             .expect("sole owner")
             .snapshot_after_records = snapshot_after;
-        Arc::new(broker)
+        broker
+    }
+
+    /// Stops what [`open_broker`] started, so the directory can be reopened.
+    async fn close_broker(broker: Arc<Broker>) {
+        broker.metadata.stop().await;
+        let b = broker.clone();
+        tokio::task::spawn_blocking(move || b.replicas.shutdown())
+            .await
+            .expect("shutdown");
+        drop(broker);
     }
 
     fn offset(o: i64) -> CommittedOffset {
@@ -1095,10 +1143,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn committed_offsets_survive_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);
+        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS).await;
         broker
             .groups
             .commit_offsets(
@@ -1111,9 +1159,8 @@ mod tests {
             )
             .await
             .expect("commit");
-        broker.replicas.shutdown();
-        drop(broker);
-        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);
+        close_broker(broker).await;
+        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS).await;
         let found = broker.groups.fetch_offsets("g", None);
         assert_eq!(found.len(), 1);
         let offsets: Vec<(i32, i64)> = found[0]
@@ -1124,10 +1171,10 @@ mod tests {
         assert_eq!(offsets, vec![(0, 41), (1, 7)]);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn offsets_partitions_are_compacted_by_snapshots_without_losing_state() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker = open_broker(dir.path(), 50);
+        let broker = open_broker(dir.path(), 50).await;
         for i in 0..400 {
             broker
                 .groups
@@ -1145,19 +1192,18 @@ mod tests {
             "old commits were not trimmed: log start {}",
             log.log_start_offset()
         );
-        broker.replicas.shutdown();
-        drop(broker);
-        let broker = open_broker(dir.path(), 50);
+        close_broker(broker).await;
+        let broker = open_broker(dir.path(), 50).await;
         let found = broker
             .groups
             .fetch_offsets("g", Some(vec![("t".into(), vec![0])]));
         assert_eq!(found[0].1[0].1.as_ref().map(|o| o.offset), Some(399));
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_with_members_is_restored_stable_after_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);
+        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS).await;
         let join = |member_id: &str| JoinRequest {
             member_id: member_id.to_string(),
             group_instance_id: None,
@@ -1196,9 +1242,8 @@ mod tests {
         // The timers hold the broker (and its log-dir lock): stop them first.
         stop.send(true).expect("timers listen");
         timers.await.expect("timers stop");
-        broker.replicas.shutdown();
-        drop(broker);
-        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS);
+        close_broker(broker).await;
+        let broker = open_broker(dir.path(), SNAPSHOT_AFTER_RECORDS).await;
         let described = broker.groups.describe("g");
         assert_eq!(described.state, "Stable");
         assert_eq!(described.members.len(), 1);

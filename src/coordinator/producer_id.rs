@@ -1,89 +1,50 @@
 //! Producer id allocation for idempotent producers (InitProducerId).
 //!
-//! Ids are handed out from blocks: before the first id of a block is given
-//! out, the end of the block is made durable. After a crash the broker resumes
-//! from the persisted block end, so an id is never handed out twice even if
-//! some ids of the last block are skipped. This is Kafka's scheme (the
-//! controller allocates blocks of 1000), kept in a file until the metadata
-//! Raft group owns it.
-
-use std::path::{Path, PathBuf};
+//! Ids are handed out from blocks that the metadata group allocates (Kafka's
+//! AllocateProducerIds: the controller hands out blocks of 1000). A block is
+//! committed before its first id is given out, and no block is allocated
+//! twice, so an id is never handed out twice, on any node, across restarts;
+//! what is left of a node's block when it stops is skipped.
 
 use parking_lot::Mutex;
 
-use crate::cluster::write_atomically;
+use crate::broker::KafkaError;
+use crate::cluster::ClusterMetadata;
 
-/// Ids per durable block: one fsync per this many producers.
+/// Ids per block: one metadata commit per this many producers.
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
-/// Hands out unique producer ids that survive restarts.
+/// Hands out producer ids unique across the cluster and across restarts.
+#[derive(Default)]
 pub struct ProducerIdManager {
-    path: PathBuf,
     state: Mutex<Block>,
 }
 
+#[derive(Default)]
 struct Block {
     next: i64,
-    /// Exclusive end of the block already persisted.
+    /// Exclusive end of the block this node holds.
     end: i64,
 }
 
 impl ProducerIdManager {
-    /// Loads the persisted block end from `dir/producer-id-block`.
-    pub fn open(dir: &Path) -> anyhow::Result<ProducerIdManager> {
-        let path = dir.join("producer-id-block");
-        let end = match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<i64>().map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is corrupt ({e}); refusing to reuse producer ids",
-                    path.display()
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
-        };
-        anyhow::ensure!(end >= 0, "{} holds a negative block end", path.display());
-        Ok(ProducerIdManager {
-            path,
-            state: Mutex::new(Block { next: end, end }),
-        })
+    pub fn new() -> ProducerIdManager {
+        ProducerIdManager::default()
     }
 
-    /// The next unused producer id. Blocking when a new block must be persisted.
-    pub fn next_id(&self) -> std::io::Result<i64> {
+    /// The next unused producer id. Blocking when a new block must be
+    /// allocated by the metadata group.
+    pub fn next_id(&self, metadata: &ClusterMetadata) -> Result<i64, KafkaError> {
         let mut block = self.state.lock();
         if block.next >= block.end {
-            let new_end = block.next + PRODUCER_ID_BLOCK_SIZE;
-            write_atomically(&self.path, new_end.to_string().as_bytes())?;
-            block.end = new_end;
+            let start = metadata.allocate_producer_ids(PRODUCER_ID_BLOCK_SIZE)?;
+            *block = Block {
+                next: start,
+                end: start + PRODUCER_ID_BLOCK_SIZE,
+            };
         }
         let id = block.next;
         block.next += 1;
         Ok(id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_unique_across_restarts() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let first = ProducerIdManager::open(dir.path()).expect("open");
-        let a = first.next_id().expect("id");
-        let b = first.next_id().expect("id");
-        assert_eq!(b, a + 1);
-        drop(first);
-        let second = ProducerIdManager::open(dir.path()).expect("reopen");
-        let c = second.next_id().expect("id");
-        assert!(c > b, "an id after restart ({c}) must not reuse {b}");
-    }
-
-    #[test]
-    fn a_corrupt_block_file_is_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("producer-id-block"), "garbage").expect("write");
-        assert!(ProducerIdManager::open(dir.path()).is_err());
     }
 }

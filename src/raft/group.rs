@@ -104,6 +104,8 @@ where
             .with_context(|| format!("starting Raft group {id}"))?;
         registry.insert(id, Arc::new(RaftService { raft: raft.clone() }));
         if voters.keys().next() == Some(&node) {
+            // The lowest voter bootstraps; a node that is not a voter never
+            // does (it joins as a learner: `join_as_learner`).
             tokio::spawn(bootstrap::<C>(
                 raft.clone(),
                 id,
@@ -123,12 +125,13 @@ where
 
     /// Commits `command` through the group's leader, wherever it is (here,
     /// or forwarded to it, as Kafka forwards admin requests to the
-    /// controller); its response once committed and applied on the leader.
-    pub async fn propose(&self, command: C::D) -> anyhow::Result<C::R> {
+    /// controller); its log index and response once committed and applied
+    /// on the leader.
+    pub async fn propose(&self, command: C::D) -> anyhow::Result<(u64, C::R)> {
         let mut last_error = String::from("no leader");
         for _ in 0..PROPOSE_ATTEMPTS {
             let leader = match self.raft.client_write(command.clone()).await {
-                Ok(written) => return Ok(written.data),
+                Ok(written) => return Ok((written.log_id.index, written.data)),
                 Err(e) => match e.forward_to_leader() {
                     Some(forward) => {
                         last_error = e.to_string();
@@ -142,8 +145,10 @@ where
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 match self.transport.call(leader, self.id, body).await {
                     Ok(answer) => match decode::<RaftReply>(&answer) {
-                        Ok(RaftReply::Proposed(Ok(response))) => {
-                            return decode(&response).map_err(|e| anyhow::anyhow!("{e}"))
+                        Ok(RaftReply::Proposed(Ok((index, response)))) => {
+                            return decode(&response)
+                                .map(|r| (index, r))
+                                .map_err(|e| anyhow::anyhow!("{e}"));
                         }
                         Ok(RaftReply::Proposed(Err((reason, _)))) => last_error = reason,
                         Ok(_) => last_error = "unexpected reply".into(),
@@ -160,10 +165,107 @@ where
         )
     }
 
+    /// Asks the voters, until the leader accepts, to replicate the group to
+    /// this node (not a voter) as a learner that peers reach at `addr`.
+    /// Returns once added (at once if it already is a member).
+    pub async fn join_as_learner(&self, voters: &[NodeId], addr: &str) {
+        let mut ask: Option<NodeId> = None;
+        loop {
+            let targets: Vec<NodeId> = match ask.take() {
+                Some(leader) => vec![leader],
+                None => voters.to_vec(),
+            };
+            for peer in targets {
+                match super::network::request_join::<C>(&self.transport, self.id, peer, addr).await
+                {
+                    Ok(()) => {
+                        tracing::info!(group = %self.id, via = peer, "joined as a learner");
+                        return;
+                    }
+                    Err((why, leader)) => {
+                        tracing::debug!(group = %self.id, peer, %why, "join not accepted yet");
+                        if let Some(leader) = leader {
+                            ask = Some(leader);
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(BOOTSTRAP_PROBE_INTERVAL).await;
+        }
+    }
+
+    /// Waits until this node has applied the entry at `index`, for at most
+    /// `wait`.
+    pub async fn wait_applied(&self, index: u64, wait: Duration) -> anyhow::Result<()> {
+        self.raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("group {}: entry {index} not applied here: {e}", self.id))
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Waits until this node knows a leader, for at most `wait`.
+    pub async fn wait_leader(&self, wait: Duration) -> anyhow::Result<NodeId> {
+        let mut metrics = self.raft.metrics();
+        let found = tokio::time::timeout(wait, async {
+            loop {
+                if let Some(leader) = metrics.borrow_and_update().current_leader {
+                    return Some(leader);
+                }
+                if metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(leader)) => Ok(leader),
+            Ok(None) => anyhow::bail!("group {} stopped", self.id),
+            Err(_) => anyhow::bail!("group {}: no leader within {wait:?}", self.id),
+        }
+    }
+
+    /// Watches the index of the last entry this node applied.
+    pub fn applied(&self) -> AppliedWatch {
+        AppliedWatch {
+            metrics: self.raft.metrics(),
+        }
+    }
+
     /// Leaves the registry and stops the group's Raft.
     pub async fn stop(&self) {
         self.registry.remove(&self.id);
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Follows the index of the last entry a group applied on this node.
+pub struct AppliedWatch {
+    metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+}
+
+impl AppliedWatch {
+    /// Returns once the applied index differs from `seen` (the new one), or
+    /// `None` when the group has stopped.
+    pub async fn changed_from(&mut self, seen: Option<u64>) -> Option<Option<u64>> {
+        loop {
+            let now = self
+                .metrics
+                .borrow_and_update()
+                .last_applied
+                .map(|l| l.index);
+            if now != seen {
+                return Some(now);
+            }
+            self.metrics.changed().await.ok()?;
+        }
     }
 }
 
@@ -180,7 +282,15 @@ async fn bootstrap<C: EntryTypes>(
     loop {
         match raft.is_initialized().await {
             Ok(false) => {}
-            Ok(true) | Err(_) => return,
+            Ok(true) => {
+                // A lone voter restarting need not wait out an election
+                // timeout: nobody else could lead.
+                if voters.len() == 1 {
+                    let _ = raft.trigger().elect().await;
+                }
+                return;
+            }
+            Err(_) => return,
         }
         let mut fresh = BTreeSet::from([transport.config().node_id]);
         let mut exists = false;

@@ -31,17 +31,24 @@ pub mod types;
 
 pub use types::{GroupId, NodeId};
 
-/// The group registry of a node that hosts no Raft group yet: every request
-/// is answered with an error naming the group.
-pub struct NoGroups;
+#[doc(hidden)]
+pub use openraft as __openraft;
 
-impl transport::Handler for NoGroups {
-    fn handle(
-        &self,
-        _from: NodeId,
-        group: GroupId,
-        _body: Vec<u8>,
-    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, String>> {
-        Box::pin(async move { Err(format!("no Raft group {group} on this node")) })
-    }
+/// Declares the Raft type configuration of an entry group whose entries
+/// carry `$command` and whose state machine answers `$response`, so that
+/// modules outside `raft` never name openraft.
+#[macro_export]
+macro_rules! entry_group_types {
+    ($vis:vis $name:ident, $command:ty, $response:ty) => {
+        $crate::raft::__openraft::declare_raft_types!(
+            $vis $name:
+                D = $command,
+                R = $response,
+                NodeId = u64,
+                Node = $crate::raft::__openraft::BasicNode,
+                Entry = $crate::raft::__openraft::Entry<$name>,
+                SnapshotData = Vec<u8>,
+                AsyncRuntime = $crate::raft::__openraft::TokioRuntime,
+        );
+    };
 }

@@ -45,6 +45,12 @@ pub enum RaftRequest<C: EntryTypes> {
     Probe,
     /// A command for the group's leader to commit (sent by a follower).
     Propose(C::D),
+    /// A node that is not a voter asks the leader to replicate the group to
+    /// it as a learner; `addr` is where it listens for peers.
+    Join {
+        node: NodeId,
+        addr: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,9 +61,12 @@ pub enum RaftReply {
     Probe {
         initialized: bool,
     },
-    /// The committed command's response (bincode), or why it was not
-    /// committed, with the leader this node knows of.
-    Proposed(Result<Vec<u8>, (String, Option<NodeId>)>),
+    /// The committed command's log index and response (bincode), or why it
+    /// was not committed, with the leader this node knows of.
+    Proposed(Result<(u64, Vec<u8>), (String, Option<NodeId>)>),
+    /// The learner was added (or already was a member), or why not, with
+    /// the leader this node knows of.
+    Joined(Result<(), (String, Option<NodeId>)>),
 }
 
 fn codec() -> impl Options {
@@ -110,9 +119,18 @@ impl<C: EntryTypes> GroupService for RaftService<C> {
                 RaftRequest::Probe => RaftReply::Probe {
                     initialized: raft.is_initialized().await.map_err(|e| e.to_string())?,
                 },
+                RaftRequest::Join { node, addr } => RaftReply::Joined(
+                    match raft.add_learner(node, BasicNode::new(addr), false).await {
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            let leader = e.forward_to_leader().and_then(|f| f.leader_id);
+                            Err((e.to_string(), leader))
+                        }
+                    },
+                ),
                 RaftRequest::Propose(command) => {
                     RaftReply::Proposed(match raft.client_write(command).await {
-                        Ok(written) => Ok(encode(&written.data)?),
+                        Ok(written) => Ok((written.log_id.index, encode(&written.data)?)),
                         Err(e) => {
                             let leader = e.forward_to_leader().and_then(|f| f.leader_id);
                             Err((e.to_string(), leader))
@@ -192,7 +210,10 @@ fn unexpected(target: NodeId) -> CallError {
 impl<C: EntryTypes> RaftNetworkFactory<C> for GroupNetwork {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        // A member this node has not heard of at startup (a learner that
+        // joined later) is reached at the address its membership records.
+        self.transport.add_peer(target, node.addr.clone());
         PeerClient {
             transport: self.transport.clone(),
             group: self.group,
@@ -252,6 +273,29 @@ impl<C: EntryTypes> RaftNetwork<C> for PeerClient {
             }
             Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
         }
+    }
+}
+
+/// Asks `peer` to add this node to `group` as a learner reachable at
+/// `addr`: `Ok(())` once added, else why not and the leader `peer` knows.
+pub async fn request_join<C: EntryTypes>(
+    transport: &Transport,
+    group: GroupId,
+    peer: NodeId,
+    addr: &str,
+) -> Result<(), (String, Option<NodeId>)> {
+    let request = RaftRequest::<C>::Join {
+        node: transport.config().node_id,
+        addr: addr.to_string(),
+    };
+    let body = encode(&request).map_err(|e| (e, None))?;
+    let answer = transport
+        .call(peer, group, body)
+        .await
+        .map_err(|e| (e.to_string(), None))?;
+    match decode(&answer).map_err(|e| (e, None))? {
+        RaftReply::Joined(result) => result,
+        _ => Err((unexpected(peer).to_string(), None)),
     }
 }
 

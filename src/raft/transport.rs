@@ -248,18 +248,33 @@ pub struct Transport {
     shutdown: watch::Receiver<bool>,
     /// Peer connections that passed the handshake, since start.
     accepted: AtomicU64,
+    /// The cluster this node belongs to, once it knows (starts as
+    /// `config.cluster_id`; see [`Transport::adopt_cluster_id`]).
+    cluster_id: parking_lot::RwLock<Option<String>>,
 }
 
 impl Transport {
     pub fn new(config: TransportConfig, shutdown: watch::Receiver<bool>) -> Arc<Transport> {
         Arc::new(Transport {
-            config,
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             liveness: Arc::new(Liveness::default()),
             shutdown,
             accepted: AtomicU64::new(0),
+            cluster_id: parking_lot::RwLock::new(config.cluster_id.clone()),
+            config,
         })
+    }
+
+    /// The cluster id this node presents and checks in handshakes.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster_id.read().clone()
+    }
+
+    /// Records the cluster id a node learned when it joined: from now on
+    /// peers of another cluster are refused. Connections already made stay.
+    pub fn adopt_cluster_id(&self, id: &str) {
+        *self.cluster_id.write() = Some(id.to_string());
     }
 
     pub fn config(&self) -> &TransportConfig {
@@ -415,7 +430,7 @@ impl Transport {
                         self.config.node_id
                     ))
                 } else {
-                    match (&cluster_id, &self.config.cluster_id) {
+                    match (&cluster_id, &self.cluster_id()) {
                         (Some(theirs), Some(ours)) if theirs != ours => Some(format!(
                             "node {} belongs to cluster {ours}, node {from} to cluster {theirs}",
                             self.config.node_id
@@ -530,7 +545,7 @@ async fn connect_loop(
         if *shutdown.borrow() {
             return;
         }
-        match open(&config, peer.id, &addr).await {
+        match open(&config, transport.cluster_id(), peer.id, &addr).await {
             Ok(Ok(stream)) => {
                 backoff = Duration::from_millis(20);
                 transport.liveness.heard(peer.id);
@@ -564,6 +579,7 @@ async fn connect_loop(
 /// Connects and shakes hands: the stream, or the peer's reason for refusing.
 async fn open(
     config: &TransportConfig,
+    cluster_id: Option<String>,
     peer: NodeId,
     addr: &str,
 ) -> std::io::Result<Result<TcpStream, String>> {
@@ -573,7 +589,7 @@ async fn open(
         stream.set_nodelay(true)?;
         let hello = Frame::Hello {
             version: PROTOCOL_VERSION,
-            cluster_id: config.cluster_id.clone(),
+            cluster_id,
             from: config.node_id,
             to: peer,
         };

@@ -3,6 +3,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// A group member's address as openraft stores it in memberships.
+pub use openraft::BasicNode;
+
 /// A node's id: Kafka's `node.id` (broker id), which is never negative.
 pub type NodeId = u64;
 

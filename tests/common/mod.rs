@@ -151,6 +151,112 @@ impl Broker {
         Ok(Some(broker))
     }
 
+    /// `count` nodes of one cluster (node ids 1..=count, every one a voter),
+    /// each a `fjord` process with its own ports and data directory. They
+    /// are all spawned before any is waited for: a node serves clients
+    /// only once a majority of the voters has formed the metadata group.
+    /// `None` (after printing why) when an external broker is configured.
+    pub fn start_cluster(
+        test_name: &str,
+        count: usize,
+        extra_args: &[&str],
+    ) -> Result<Option<Vec<Broker>>> {
+        if skip_for_external(test_name, "a cluster of its own fjord processes") {
+            return Ok(None);
+        }
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut node = Broker::prepare(extra_args, None)?;
+            node.process_mut()?.controller_port = Some(free_port()?);
+            nodes.push(node);
+        }
+        let voters = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Ok(format!(
+                    "{}@{}",
+                    i + 1,
+                    n.controller_address().context("controller")?
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .join(",");
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let process = node.process_mut()?;
+            process.extra_args.extend([
+                "--node-id".to_string(),
+                (i + 1).to_string(),
+                "--override".to_string(),
+                format!("controller.quorum.voters={voters}"),
+            ]);
+            process.spawn_child()?;
+        }
+        for node in &mut nodes {
+            node.process_mut()?.wait_ready()?;
+        }
+        Ok(Some(nodes))
+    }
+
+    /// A broker-only node `node_id` (not a voter) joining the cluster of
+    /// `voters` (as started by [`Broker::start_cluster`]), with its own
+    /// CONTROLLER listener; waits until it serves clients.
+    pub fn join_cluster(voters: &[Broker], node_id: i32, extra_args: &[&str]) -> Result<Broker> {
+        let quorum = voters
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Ok(format!(
+                    "{}@{}",
+                    i + 1,
+                    n.controller_address().context("controller")?
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .join(",");
+        let mut node = Broker::prepare(extra_args, None)?;
+        let process = node.process_mut()?;
+        process.controller_port = Some(free_port()?);
+        process.extra_args.extend([
+            "--node-id".to_string(),
+            node_id.to_string(),
+            "--override".to_string(),
+            format!("controller.quorum.voters={quorum}"),
+        ]);
+        process.launch()?;
+        Ok(node)
+    }
+
+    /// Starts the process again after [`Broker::stop`] or [`Broker::kill9`]
+    /// without waiting for it to serve (a cluster node may wait for others).
+    pub fn spawn_again(&mut self) -> Result<()> {
+        self.process_mut()?.spawn_child()
+    }
+
+    /// Waits (bounded) until the process serves clients, or fails with its
+    /// output if it exits first.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        self.process_mut()?.wait_ready()
+    }
+
+    /// Waits (bounded) for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        let process = self.process_mut()?;
+        let child = process.child.as_mut().context("no process")?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                process.child = None;
+                return Ok(status);
+            }
+            ensure!(
+                started.elapsed() < within,
+                "fjord still running after {within:?}"
+            );
+            thread::sleep(PROCESS_POLL_INTERVAL);
+        }
+    }
+
     /// `host:port` of the CONTROLLER listener, if the broker has one.
     pub fn controller_address(&self) -> Option<String> {
         let port = self.process.as_ref()?.controller_port?;
@@ -324,6 +430,12 @@ impl BrokerProcess {
 
     /// Spawns `fjord serve` and waits until its listener accepts connections.
     fn launch(&mut self) -> Result<()> {
+        self.spawn_child()?;
+        self.wait_ready()
+    }
+
+    /// Spawns `fjord serve` without waiting for it.
+    fn spawn_child(&mut self) -> Result<()> {
         assert!(
             self.child.is_none(),
             "launching a broker that is still running"
@@ -371,7 +483,7 @@ impl BrokerProcess {
             .spawn()
             .with_context(|| format!("spawning {:?}", self.bin))?;
         self.child = Some(child);
-        self.wait_ready()
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<()> {

@@ -137,7 +137,7 @@ async fn three_voters_form_a_group_replicate_fail_over_and_catch_up() {
     }
     // A follower's proposal is forwarded to the leader and committed.
     let follower = *running.keys().find(|&&n| n != leader).expect("a follower");
-    let replaced = running[&follower]
+    let (_, replaced) = running[&follower]
         .group
         .propose(Put {
             key: "k0".into(),

@@ -1,0 +1,400 @@
+//! Three `fjord` processes form one cluster through the metadata group: they
+//! agree on the cluster id, the controller and the brokers; a topic created
+//! through one node is on every node with the same replica assignment, its
+//! partitions spread over the nodes, and stock clients produce to and
+//! consume from each partition's leader; a consumer group is coordinated by
+//! the leader of its `__consumer_offsets` partition; a node holding another
+//! cluster's data refuses to start; a node restarted with its data rejoins;
+//! a broker-only node joins without restarting the others and takes
+//! partitions; a topic deleted through one node leaves every node's disk.
+//!
+//! Partitions have one replica each here: replication across nodes is not
+//! built yet (issue 9), and topics with more replicas are refused.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use kafka_protocol::messages::{DescribeClusterRequest, MetadataRequest};
+
+use common::kafka_rpc::{admin, KafkaConnection};
+use common::{
+    assert_exactly_acked, consume_all, produce_ids, producer, unique_topic, Broker,
+    BULK_PRODUCER_SETTINGS,
+};
+
+const NODES: usize = 3;
+const PARTITIONS: i32 = 6;
+const MESSAGES: u64 = 600;
+const KEYS: u64 = 60;
+/// Bound for the cluster to converge on a change (every node applies it).
+const CONVERGE_WAIT_MAX: Duration = Duration::from_secs(30);
+const EXIT_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// What one node answers about the cluster.
+#[derive(Debug, PartialEq, Eq)]
+struct View {
+    cluster_id: String,
+    controller: i32,
+    brokers: BTreeSet<i32>,
+    /// Each partition's replicas, of the topic asked about.
+    replicas: Vec<Vec<i32>>,
+}
+
+async fn view(bootstrap: &str, topic: &str) -> Result<View> {
+    let mut conn = KafkaConnection::connect(bootstrap).await?;
+    let metadata = conn
+        .send(
+            12,
+            &MetadataRequest::default().with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(admin::topic_name(topic))),
+            ])),
+        )
+        .await?;
+    let described = conn.send(0, &DescribeClusterRequest::default()).await?;
+    ensure!(
+        described.cluster_id.as_str() == metadata.cluster_id.as_deref().unwrap_or_default(),
+        "DescribeCluster and Metadata disagree on the cluster id"
+    );
+    ensure!(
+        described.controller_id == metadata.controller_id,
+        "DescribeCluster and Metadata disagree on the controller"
+    );
+    let mut replicas = Vec::new();
+    for t in &metadata.topics {
+        if t.error_code == 0 {
+            let mut partitions = t.partitions.clone();
+            partitions.sort_by_key(|p| p.partition_index);
+            replicas = partitions
+                .iter()
+                .map(|p| p.replica_nodes.iter().map(|b| b.0).collect())
+                .collect();
+        }
+    }
+    Ok(View {
+        cluster_id: described.cluster_id.to_string(),
+        controller: metadata.controller_id.0,
+        brokers: metadata.brokers.iter().map(|b| b.node_id.0).collect(),
+        replicas,
+    })
+}
+
+/// Waits (bounded) until every node answers the same view and `accept`
+/// takes it; that view.
+async fn converged(nodes: &[&str], topic: &str, accept: impl Fn(&View) -> bool) -> Result<View> {
+    let started = Instant::now();
+    loop {
+        let mut views = Vec::new();
+        for node in nodes {
+            views.push(view(node, topic).await);
+        }
+        let last = match views.pop() {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => Err(e)?,
+            None => anyhow::bail!("no nodes"),
+        };
+        let agree = views.iter().all(|v| v.as_ref().is_ok_and(|v| *v == last));
+        if agree && accept(&last) {
+            return Ok(last);
+        }
+        ensure!(
+            started.elapsed() < CONVERGE_WAIT_MAX,
+            "nodes did not converge within {CONVERGE_WAIT_MAX:?}: {views:?} / {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Partition directories of `topic` under a node's data directory.
+fn partition_dirs(data: &Path, topic: &str) -> Result<BTreeSet<String>> {
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir(data)? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        if name
+            .strip_prefix(topic)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|p| p.parse::<i32>().is_ok())
+        {
+            found.insert(name);
+        }
+    }
+    Ok(found)
+}
+
+fn set_cluster_id(data: &Path, id: &str) -> Result<String> {
+    let path = data.join("meta.properties");
+    let text = std::fs::read_to_string(&path)?;
+    let old = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster.id="))
+        .context("no cluster.id")?
+        .to_string();
+    std::fs::write(&path, text.replace(&old, id))?;
+    Ok(old)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_metadata_and_refuse_a_foreign_node() -> Result<()> {
+    let Some(mut nodes) = Broker::start_cluster(
+        "three_nodes_share_metadata_and_refuse_a_foreign_node",
+        NODES,
+        &[],
+    )?
+    else {
+        return Ok(());
+    };
+    let bootstraps: Vec<String> = nodes.iter().map(|n| n.bootstrap().to_string()).collect();
+    let all: Vec<&str> = bootstraps.iter().map(String::as_str).collect();
+    let topic = unique_topic("cluster-meta");
+
+    // One cluster id, one controller, three brokers, seen from every node.
+    let formed = converged(&all, &topic, |v| v.brokers.len() == NODES).await?;
+    ensure!(formed.cluster_id.len() == 22, "{formed:?}");
+    ensure!(formed.brokers.contains(&formed.controller), "{formed:?}");
+
+    // A topic created through node 2 is on every node, spread evenly.
+    let mut conn = KafkaConnection::connect(all[1]).await?;
+    let created = conn
+        .send(
+            7,
+            &kafka_protocol::messages::CreateTopicsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(vec![
+                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                        .with_name(admin::topic_name(&topic))
+                        .with_num_partitions(PARTITIONS)
+                        .with_replication_factor(1),
+                ]),
+        )
+        .await?;
+    ensure!(
+        created.topics.iter().all(|t| t.error_code == 0),
+        "CreateTopics: {:?}",
+        created.topics
+    );
+    let placed = converged(&all, &topic, |v| v.replicas.len() == PARTITIONS as usize).await?;
+    let mut leaders: BTreeMap<i32, usize> = BTreeMap::new();
+    for replicas in &placed.replicas {
+        ensure!(replicas.len() == 1, "{placed:?}");
+        *leaders.entry(replicas[0]).or_default() += 1;
+    }
+    ensure!(
+        leaders.values().all(|&n| n == PARTITIONS as usize / NODES) && leaders.len() == NODES,
+        "partitions are not spread evenly: {leaders:?}"
+    );
+    // Each node holds exactly the partitions assigned to it.
+    for (i, node) in nodes.iter().enumerate() {
+        let id = i as i32 + 1;
+        let expected: BTreeSet<String> = placed
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.contains(&id))
+            .map(|(p, _)| format!("{topic}-{p}"))
+            .collect();
+        let data = node.data_dir().context("data dir")?;
+        let started = Instant::now();
+        while partition_dirs(&data, &topic)? != expected {
+            ensure!(
+                started.elapsed() < CONVERGE_WAIT_MAX,
+                "node {id} holds {:?}, expected {expected:?}",
+                partition_dirs(&data, &topic)?
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A topic with more replicas than replication supports today is refused.
+    let refused = conn
+        .send(
+            7,
+            &kafka_protocol::messages::CreateTopicsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(vec![
+                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                        .with_name(admin::topic_name(&format!("{topic}-rf4")))
+                        .with_num_partitions(1)
+                        .with_replication_factor(4),
+                ]),
+        )
+        .await?;
+    ensure!(
+        refused.topics[0].error_code
+            == kafka_protocol::error::ResponseError::InvalidReplicationFactor.code(),
+        "{:?}",
+        refused.topics
+    );
+
+    // Stock clients find each partition's leader: every record reads back.
+    let acks = {
+        let producer = producer(all[0], BULK_PRODUCER_SETTINGS)?;
+        produce_ids(&producer, &topic, 0..MESSAGES, KEYS).await?
+    };
+    let records = consume_all(all[2], &topic, PARTITIONS, CONVERGE_WAIT_MAX).await?;
+    assert_exactly_acked(&acks, &records, KEYS)?;
+
+    // A consumer group: every node names the same coordinator (the leader
+    // of the group's __consumer_offsets partition), the others answer
+    // NOT_COORDINATOR, and a subscribed consumer reads and commits it all.
+    let group = unique_topic("cluster-group");
+    let mut coordinators = BTreeSet::new();
+    for node in &all {
+        let mut conn = KafkaConnection::connect(node).await?;
+        let found = conn
+            .send(
+                3,
+                &kafka_protocol::messages::FindCoordinatorRequest::default()
+                    .with_key(admin::s(&group)),
+            )
+            .await?;
+        ensure!(
+            found.error_code == 0,
+            "FindCoordinator on {node}: {found:?}"
+        );
+        coordinators.insert(found.node_id.0);
+    }
+    ensure!(coordinators.len() == 1, "coordinators {coordinators:?}");
+    let coordinator = *coordinators.first().context("a coordinator")?;
+    for (i, node) in all.iter().enumerate() {
+        let mut conn = KafkaConnection::connect(node).await?;
+        let answer = conn
+            .send(
+                4,
+                &kafka_protocol::messages::HeartbeatRequest::default()
+                    .with_group_id(kafka_protocol::messages::GroupId(admin::s(&group)))
+                    .with_member_id(admin::s("nobody"))
+                    .with_generation_id(1),
+            )
+            .await?;
+        let expected = if i as i32 + 1 == coordinator {
+            kafka_protocol::error::ResponseError::UnknownMemberId.code()
+        } else {
+            kafka_protocol::error::ResponseError::NotCoordinator.code()
+        };
+        ensure!(
+            answer.error_code == expected,
+            "Heartbeat on node {}: {answer:?}",
+            i + 1
+        );
+    }
+    {
+        use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+        let consumer: StreamConsumer =
+            common::consumer_config(all[1], &[("group.id", &group)]).create()?;
+        consumer.subscribe(&[&topic])?;
+        let seen = common::consume_count(&consumer, MESSAGES as usize, CONVERGE_WAIT_MAX).await?;
+        assert_exactly_acked(&acks, &seen, KEYS)?;
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for r in &seen {
+            let at = next.entry(r.partition).or_default();
+            *at = (*at).max(r.offset + 1);
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (p, o) in &next {
+            tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Offset(*o))?;
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        let committed = consumer.committed(Duration::from_secs(10))?;
+        let total: i64 = committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum();
+        ensure!(total == MESSAGES as i64, "committed {total} of {MESSAGES}");
+    }
+
+    // Node 3 with another cluster's id refuses to start, and says why.
+    let data3 = nodes[2].data_dir().context("data dir")?;
+    nodes[2].stop()?;
+    let ours = set_cluster_id(&data3, "AAAAAAAAAAAAAAAAAAAAAA")?;
+    nodes[2].spawn_again()?;
+    let status = nodes[2].wait_exit(EXIT_WAIT_MAX)?;
+    ensure!(!status.success(), "a foreign node started: {status}");
+    let log = nodes[2].log_text();
+    ensure!(
+        log.contains("AAAAAAAAAAAAAAAAAAAAAA") && log.contains(&ours) && log.contains("refuse"),
+        "the refusal does not name both clusters:\n{}",
+        nodes[2].log_tail()
+    );
+
+    // With its own data back, node 3 rejoins and serves its partitions.
+    set_cluster_id(&data3, &ours)?;
+    nodes[2].spawn_again()?;
+    nodes[2].wait_ready()?;
+    let rejoined = converged(&all, &topic, |v| v.brokers.len() == NODES).await?;
+    ensure!(rejoined.cluster_id == formed.cluster_id, "{rejoined:?}");
+    let again = consume_all(all[0], &topic, PARTITIONS, CONVERGE_WAIT_MAX).await?;
+    assert_exactly_acked(&acks, &again, KEYS)?;
+
+    // A broker-only node (not a voter) joins without restarting anyone:
+    // every node lists it, and new topics place partitions on it.
+    let learner = Broker::join_cluster(&nodes, 4, &[])?;
+    let mut everyone = all.clone();
+    everyone.push(learner.bootstrap());
+    converged(&everyone, &topic, |v| v.brokers.len() == NODES + 1).await?;
+    let wider = unique_topic("cluster-wider");
+    let mut conn = KafkaConnection::connect(learner.bootstrap()).await?;
+    let created = conn
+        .send(
+            7,
+            &kafka_protocol::messages::CreateTopicsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(vec![
+                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                        .with_name(admin::topic_name(&wider))
+                        .with_num_partitions(8)
+                        .with_replication_factor(1),
+                ]),
+        )
+        .await?;
+    ensure!(
+        created.topics.iter().all(|t| t.error_code == 0),
+        "CreateTopics through the broker-only node: {:?}",
+        created.topics
+    );
+    let spread = converged(&everyone, &wider, |v| v.replicas.len() == 8).await?;
+    let on_learner = spread.replicas.iter().filter(|r| r.contains(&4)).count();
+    ensure!(
+        on_learner == 2,
+        "node 4 got {on_learner} of 8 partitions: {spread:?}"
+    );
+    drop(learner);
+
+    // Deleted through node 1: gone from every node's metadata and disk.
+    let mut conn = KafkaConnection::connect(all[0]).await?;
+    let deleted = conn
+        .send(
+            4,
+            &kafka_protocol::messages::DeleteTopicsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topic_names(vec![admin::topic_name(&topic)]),
+        )
+        .await?;
+    ensure!(
+        deleted.responses.iter().all(|r| r.error_code == 0),
+        "{:?}",
+        deleted.responses
+    );
+    converged(&all, &topic, |v| v.replicas.is_empty()).await?;
+    for (i, node) in nodes.iter().enumerate() {
+        let data = node.data_dir().context("data dir")?;
+        let started = Instant::now();
+        while !partition_dirs(&data, &topic)?.is_empty() {
+            ensure!(
+                started.elapsed() < CONVERGE_WAIT_MAX,
+                "node {} still holds {:?}",
+                i + 1,
+                partition_dirs(&data, &topic)?
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
