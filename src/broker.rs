@@ -559,29 +559,8 @@ impl Broker {
         self.metadata.connect_registered();
         let _changes = self.metadata.lock_changes();
         let topics = self.metadata.topics();
-        for topic in &topics {
-            let log_config = self.log_config(topic);
-            for partition in self.hosted_partitions(topic, 0) {
-                match self.replicas.get(&topic.name, partition) {
-                    Some(open) => open.set_config(log_config.clone()),
-                    None if self.replicas.is_offline(&topic.name, partition) => {}
-                    None => {
-                        let tp = TopicPartition::new(&topic.name, partition);
-                        let dir = self.replicas.log_dir().join(tp.dir_name());
-                        if let Opened::Online(_) =
-                            self.replicas
-                                .open_partition_or_defer(tp, topic.id, log_config.clone())
-                        {
-                            if let Err(e) = partition_dirs::write_partition_metadata(&dir, topic.id)
-                            {
-                                tracing::error!(dir = %dir.display(), error = %e, "writing partition.metadata failed");
-                            }
-                            tracing::info!(topic = %topic.name, partition, "opened a partition assigned here");
-                        }
-                    }
-                }
-            }
-        }
+        // Deletions first: a topic deleted and created again under the same
+        // name gets its new partition opened below, in the same pass.
         let by_name: BTreeMap<&str, &TopicMeta> =
             topics.iter().map(|t| (t.name.as_str(), t)).collect();
         let me = self.config.node_id;
@@ -596,6 +575,37 @@ impl Broker {
                     }
                     Err(e) => {
                         tracing::error!(partition = %open.tp.dir_name(), error = %e, "deleting a partition failed")
+                    }
+                }
+            }
+        }
+        for topic in &topics {
+            let log_config = self.log_config(topic);
+            for partition in self.hosted_partitions(topic, 0) {
+                match self.replicas.get(&topic.name, partition) {
+                    Some(open) => open.set_config(log_config.clone()),
+                    None if self.replicas.is_offline(&topic.name, partition) => {}
+                    None => {
+                        let tp = TopicPartition::new(&topic.name, partition);
+                        let dir = self.replicas.log_dir().join(tp.dir_name());
+                        // Never adopt the data of an earlier topic of this name.
+                        if matches!(partition_dirs::read_partition_metadata(&dir), Ok(Some(id)) if id != topic.id)
+                        {
+                            if let Err(e) = move_aside_leftover(&dir) {
+                                tracing::error!(dir = %dir.display(), error = %e, "cannot move an old partition directory aside");
+                                continue;
+                            }
+                        }
+                        if let Opened::Online(_) =
+                            self.replicas
+                                .open_partition_or_defer(tp, topic.id, log_config.clone())
+                        {
+                            if let Err(e) = partition_dirs::write_partition_metadata(&dir, topic.id)
+                            {
+                                tracing::error!(dir = %dir.display(), error = %e, "writing partition.metadata failed");
+                            }
+                            tracing::info!(topic = %topic.name, partition, "opened a partition assigned here");
+                        }
                     }
                 }
             }

@@ -627,6 +627,24 @@ impl ConfigSources {
 
     /// The properties a source set explicitly (Kafka's STATIC_BROKER_CONFIG),
     /// with their values; empty values mean "unset".
+    /// Defaults that depend on other settings, as the broker applies them:
+    /// the replication factors default to min(3, voters).
+    pub fn derived_defaults(&self) -> Vec<(&'static str, String)> {
+        let voters = self
+            .get("controller.quorum.voters")
+            .split(',')
+            .filter(|v| !v.trim().is_empty())
+            .count()
+            .max(1);
+        [
+            "default.replication.factor",
+            "offsets.topic.replication.factor",
+        ]
+        .into_iter()
+        .map(|key| (key, voters.min(3).to_string()))
+        .collect()
+    }
+
     pub fn explicit(&self) -> impl Iterator<Item = (&str, &str)> {
         self.explicit
             .iter()
@@ -1435,6 +1453,20 @@ mod tests {
             .build()
             .expect("parses");
         assert_eq!(five.default_replication_factor, 3);
+        // DescribeConfigs reports the value in effect, not an empty default.
+        let empty = std::collections::BTreeMap::new();
+        let layers =
+            crate::cluster::BrokerLayers::new(&cluster_sources("1@a:1,2@b:2"), &empty, &empty);
+        assert_eq!(
+            layers.value("default.replication.factor").map(|(v, _)| v),
+            Some("2")
+        );
+        assert_eq!(
+            layers
+                .value("offsets.topic.replication.factor")
+                .map(|(v, _)| v),
+            Some("2")
+        );
         let mut explicit = cluster_sources("1@a:1,2@b:2,3@c:3");
         explicit
             .set("default.replication.factor", "2")

@@ -29,6 +29,8 @@ enum Command {
     Consume(fjord::cli::consume::ConsumeArgs),
     /// List, describe and delete consumer groups; reset their offsets.
     Group(fjord::cli::group::GroupArgs),
+    /// Show the cluster: brokers, controller, who leads what.
+    Cluster(fjord::cli::cluster::ClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -81,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Command::Produce(args) => fjord::cli::produce::run(args).await,
             Command::Consume(args) => fjord::cli::consume::run(args).await,
             Command::Group(args) => fjord::cli::group::run(args).await,
+            Command::Cluster(args) => fjord::cli::cluster::run(args).await,
         }
     });
     match result {

@@ -398,3 +398,75 @@ async fn three_nodes_share_metadata_and_refuse_a_foreign_node() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_started_one_by_one_form_the_cluster_and_keep_it_across_a_full_restart() -> Result<()>
+{
+    let Some(mut nodes) = Broker::prepare_cluster(
+        "voters_started_one_by_one_form_the_cluster_and_keep_it_across_a_full_restart",
+        NODES,
+        &[],
+    )?
+    else {
+        return Ok(());
+    };
+    let bootstraps: Vec<String> = nodes.iter().map(|n| n.bootstrap().to_string()).collect();
+    let all: Vec<&str> = bootstraps.iter().map(String::as_str).collect();
+    let topic = unique_topic("one-by-one");
+
+    // Node 3 alone waits for a quorum; node 1 makes two of three.
+    nodes[2].spawn_again()?;
+    nodes[2].wait_log("waiting for the metadata quorum")?;
+    nodes[0].spawn_again()?;
+    nodes[0].wait_ready()?;
+    nodes[2].wait_ready()?;
+    let two = converged(&all[..1], &topic, |v| v.brokers.len() == 2).await?;
+    converged(&[all[0], all[2]], &topic, |v| *v == two).await?;
+    common::create_topic(all[2], &topic, 4).await?;
+    let acks = {
+        let producer = producer(all[0], BULK_PRODUCER_SETTINGS)?;
+        produce_ids(&producer, &topic, 0..100, 10).await?
+    };
+
+    // Node 2 comes later and catches up with everything.
+    nodes[1].spawn_again()?;
+    nodes[1].wait_ready()?;
+    let three = converged(&all, &topic, |v| {
+        v.brokers.len() == NODES && v.replicas.len() == 4
+    })
+    .await?;
+    ensure!(three.cluster_id == two.cluster_id, "{two:?} / {three:?}");
+
+    // All stop; they start again in another order, on their data.
+    for node in &mut nodes {
+        node.stop()?;
+    }
+    for i in [1, 2, 0] {
+        nodes[i].spawn_again()?;
+    }
+    for node in &mut nodes {
+        node.wait_ready()?;
+    }
+    let again = converged(&all, &topic, |v| v.brokers.len() == NODES).await?;
+    ensure!(
+        again.cluster_id == three.cluster_id && again.replicas == three.replicas,
+        "{three:?} / {again:?}"
+    );
+    let records = consume_all(all[1], &topic, 4, CONVERGE_WAIT_MAX).await?;
+    assert_exactly_acked(&acks, &records, 10)?;
+
+    // `fjord cluster status` shows the three brokers and the controller.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args(["cluster", "status", "--bootstrap-server", all[2]])
+        .output()?;
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    ensure!(status.status.success(), "cluster status failed: {status:?}");
+    ensure!(
+        text.contains(&format!(
+            "ClusterId: {}\tController: {}\tBrokers: 3",
+            again.cluster_id, again.controller
+        )) && (1..=3).all(|id| text.contains(&format!("\tBroker: {id}\t"))),
+        "{text}"
+    );
+    Ok(())
+}

@@ -1,5 +1,5 @@
 //! The `fjord` subcommands that act as a Kafka client: `topic`, `produce`,
-//! `consume`, `group`. Each exposes a clap `Args` struct and `run(args)`.
+//! `consume`, `group`, `cluster`. Each exposes a clap `Args` struct and `run(args)`.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::client::{Client, ClientConfig};
 
+pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;

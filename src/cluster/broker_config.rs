@@ -63,6 +63,8 @@ pub struct BrokerLayers {
     dynamic_broker: BTreeMap<String, String>,
     dynamic_default: BTreeMap<String, String>,
     static_explicit: BTreeMap<String, String>,
+    /// Defaults computed from other settings (`ConfigSources::derived_defaults`).
+    derived_defaults: BTreeMap<String, String>,
 }
 
 impl BrokerLayers {
@@ -88,6 +90,11 @@ impl BrokerLayers {
                 .explicit()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            derived_defaults: sources
+                .derived_defaults()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
         }
     }
 
@@ -106,7 +113,12 @@ impl BrokerLayers {
                 self.static_explicit.get(key).map(String::as_str),
                 ConfigSource::StaticBroker,
             ),
-            (config::default_value(key), ConfigSource::Default),
+            (
+                config::default_value(key)
+                    .filter(|v| !v.trim().is_empty())
+                    .or_else(|| self.derived_defaults.get(key).map(String::as_str)),
+                ConfigSource::Default,
+            ),
         ];
         layers
             .into_iter()

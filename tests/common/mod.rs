@@ -161,6 +161,25 @@ impl Broker {
         count: usize,
         extra_args: &[&str],
     ) -> Result<Option<Vec<Broker>>> {
+        let Some(mut nodes) = Broker::prepare_cluster(test_name, count, extra_args)? else {
+            return Ok(None);
+        };
+        for node in &mut nodes {
+            node.spawn_again()?;
+        }
+        for node in &mut nodes {
+            node.wait_ready()?;
+        }
+        Ok(Some(nodes))
+    }
+
+    /// Like [`Broker::start_cluster`], with no process started yet: the
+    /// test starts each with [`Broker::spawn_again`], in its own order.
+    pub fn prepare_cluster(
+        test_name: &str,
+        count: usize,
+        extra_args: &[&str],
+    ) -> Result<Option<Vec<Broker>>> {
         if skip_for_external(test_name, "a cluster of its own fjord processes") {
             return Ok(None);
         }
@@ -183,19 +202,29 @@ impl Broker {
             .collect::<Result<Vec<_>>>()?
             .join(",");
         for (i, node) in nodes.iter_mut().enumerate() {
-            let process = node.process_mut()?;
-            process.extra_args.extend([
+            node.process_mut()?.extra_args.extend([
                 "--node-id".to_string(),
                 (i + 1).to_string(),
                 "--override".to_string(),
                 format!("controller.quorum.voters={voters}"),
             ]);
-            process.spawn_child()?;
-        }
-        for node in &mut nodes {
-            node.process_mut()?.wait_ready()?;
         }
         Ok(Some(nodes))
+    }
+
+    /// Waits (bounded by [`BROKER_READY_WAIT_MAX`]) until the broker's
+    /// output contains `text`.
+    pub fn wait_log(&self, text: &str) -> Result<()> {
+        let started = Instant::now();
+        while !self.log_text().contains(text) {
+            ensure!(
+                started.elapsed() < BROKER_READY_WAIT_MAX,
+                "no {text:?} in the broker output within {BROKER_READY_WAIT_MAX:?}:\n{}",
+                self.log_tail()
+            );
+            thread::sleep(PROCESS_POLL_INTERVAL);
+        }
+        Ok(())
     }
 
     /// A broker-only node `node_id` (not a voter) joining the cluster of

@@ -1,0 +1,152 @@
+//! `fjord cluster status`: who is in the cluster and who leads what, from
+//! Metadata (brokers, controller, every partition's leader and replicas).
+//! Works against any Kafka-protocol cluster, Apache Kafka included.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use kafka_protocol::messages::MetadataResponse;
+
+use crate::cli::ConnectArgs;
+use crate::client::Client;
+
+/// `fjord cluster ...`: the connection flags plus one subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ClusterCommand {
+    /// Cluster id, controller, and per broker: address, rack, partitions led
+    /// and replicas held; partitions without a leader.
+    Status,
+}
+
+pub async fn run(args: ClusterArgs) -> Result<()> {
+    let mut client = args.connect.connect().await?;
+    match args.command {
+        ClusterCommand::Status => print!("{}", status(&mut client).await?),
+    }
+    Ok(())
+}
+
+/// The status report as text.
+pub async fn status(client: &mut Client) -> Result<String> {
+    let metadata = client.metadata(None, false).await?;
+    Ok(format_status(&metadata))
+}
+
+fn format_status(metadata: &MetadataResponse) -> String {
+    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut held: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut leaderless = Vec::new();
+    let mut partitions = 0usize;
+    for topic in &metadata.topics {
+        let name = topic.name.as_ref().map_or("", |n| n.0.as_str());
+        for p in &topic.partitions {
+            partitions += 1;
+            if p.leader_id.0 >= 0 {
+                *led.entry(p.leader_id.0).or_default() += 1;
+            } else {
+                leaderless.push(format!("{name}-{}", p.partition_index));
+            }
+            for r in &p.replica_nodes {
+                *held.entry(r.0).or_default() += 1;
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ClusterId: {}\tController: {}\tBrokers: {}\tTopics: {}\tPartitions: {partitions}",
+        metadata.cluster_id.as_deref().unwrap_or("-"),
+        metadata.controller_id.0,
+        metadata.brokers.len(),
+        metadata.topics.len(),
+    );
+    let mut brokers: Vec<_> = metadata.brokers.iter().collect();
+    brokers.sort_by_key(|b| b.node_id.0);
+    for b in brokers {
+        let id = b.node_id.0;
+        let _ = writeln!(
+            out,
+            "\tBroker: {id}\tAddress: {}:{}\tRack: {}\tLeads: {}\tReplicas: {}{}",
+            b.host.as_str(),
+            b.port,
+            b.rack.as_deref().unwrap_or("-"),
+            led.get(&id).copied().unwrap_or(0),
+            held.get(&id).copied().unwrap_or(0),
+            if id == metadata.controller_id.0 {
+                "\t(controller)"
+            } else {
+                ""
+            },
+        );
+    }
+    if !leaderless.is_empty() {
+        leaderless.sort();
+        let _ = writeln!(
+            out,
+            "Without a leader ({}): {}",
+            leaderless.len(),
+            leaderless.join(" ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{BrokerId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    #[test]
+    fn status_counts_leaders_and_replicas_per_broker() {
+        let broker = |id: i32| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_static_str("127.0.0.1"))
+                .with_port(9090 + id)
+        };
+        let partition = |index: i32, leader: i32, replicas: &[i32]| {
+            MetadataResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(BrokerId(leader))
+                .with_replica_nodes(replicas.iter().map(|&r| BrokerId(r)).collect())
+        };
+        let metadata = MetadataResponse::default()
+            .with_cluster_id(Some(StrBytes::from_static_str("abc")))
+            .with_controller_id(BrokerId(2))
+            .with_brokers(vec![broker(2), broker(1)])
+            .with_topics(vec![MetadataResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("t"))))
+                .with_partitions(vec![
+                    partition(0, 1, &[1, 2]),
+                    partition(1, 2, &[2, 1]),
+                    partition(2, -1, &[1]),
+                ])]);
+        let text = format_status(&metadata);
+        assert!(
+            text.starts_with(
+                "ClusterId: abc\tController: 2\tBrokers: 2\tTopics: 1\tPartitions: 3\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\tBroker: 1\tAddress: 127.0.0.1:9091\tRack: -\tLeads: 1\tReplicas: 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("\tBroker: 2\tAddress: 127.0.0.1:9092\tRack: -\tLeads: 1\tReplicas: 2\t(controller)\n"), "{text}");
+        assert!(text.contains("Without a leader (1): t-2"), "{text}");
+        assert!(text.find("Broker: 1") < text.find("Broker: 2"), "{text}");
+    }
+}
