@@ -90,13 +90,13 @@ enum Record<C: EntryTypes> {
     Entry(C::Entry),
 }
 
-fn codec() -> impl Options {
+pub(super) fn codec() -> impl Options {
     bincode::DefaultOptions::new()
         .with_limit(RECORD_BYTES_MAX as u64)
         .reject_trailing_bytes()
 }
 
-fn encode_record<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+pub(super) fn encode_record<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     let body = codec()
         .serialize(value)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -109,7 +109,9 @@ fn encode_record<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
 
 /// Splits `bytes` into whole records with good checksums; the decoded
 /// records with their file positions, and where the good part ends.
-fn decode_records<T: DeserializeOwned>(bytes: &[u8]) -> std::io::Result<(Vec<(u64, T)>, u64)> {
+pub(super) fn decode_records<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> std::io::Result<(Vec<(u64, T)>, u64)> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while bytes.len() - pos >= 8 {
@@ -141,7 +143,7 @@ fn decode_records<T: DeserializeOwned>(bytes: &[u8]) -> std::io::Result<(Vec<(u6
 }
 
 /// Writes `bytes` to `path` so that a crash leaves the old or the new file.
-fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+pub(super) fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut file = File::create(&tmp)?;
@@ -160,7 +162,7 @@ fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()
 }
 
 /// Reads a single-record file; `None` if it is missing or torn.
-fn read_single<T: DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
+pub(super) fn read_single<T: DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -194,7 +196,7 @@ impl<C: EntryTypes> Clone for EntryLog<C> {
     }
 }
 
-fn io_error(e: impl std::fmt::Display) -> std::io::Error {
+pub(super) fn io_error(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 

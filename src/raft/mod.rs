@@ -11,6 +11,10 @@
 //!   (the metadata group), whose entries are serialized commands.
 //! - `network` — openraft's network over the transport, and the registry
 //!   that routes a peer's request to the group it names.
+//! - `partition_store` — the Raft log of a partition group, kept in the
+//!   partition's own segment files plus a small entry index: the leader's
+//!   store assigns offsets, followers store the leader's bytes, Raft's own
+//!   entries take no offsets. Not wired into the broker yet.
 //! - `group` — starts an entry group on a node (files, Raft, registry) and
 //!   bootstraps a fresh one: the lowest voter initializes it once a majority
 //!   of the voters hold no state of it.
@@ -26,6 +30,7 @@
 pub mod entry_log;
 pub mod group;
 pub mod network;
+pub mod partition_store;
 pub mod transport;
 pub mod types;
 

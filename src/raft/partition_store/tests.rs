@@ -1,0 +1,289 @@
+//! openraft's storage suite on the partition store, and what the suite does
+//! not cover: produce entries get their offsets from the leader's store, a
+//! follower fed the leader's entries stores the same bytes at the same
+//! offsets, a producer retry is stored once, truncation cuts the segments,
+//! and recovery brings the index and the segments to a common end.
+
+use std::sync::Arc;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader};
+use parking_lot::Mutex;
+
+use super::*;
+use crate::log::batch::test_batches::TestBatch;
+use crate::log::batch::Batches;
+use crate::log::LogConfig;
+use crate::raft::entry_log::{Applier, EntryMachine};
+
+const NOW_MS: i64 = 1_000_000;
+
+/// Counts applied commands.
+#[derive(Default)]
+struct Count(u64);
+
+impl Applier for Count {
+    type Command = PartitionEntry;
+    type Response = PartitionApplied;
+
+    fn apply(&mut self, _: &PartitionEntry) -> PartitionApplied {
+        self.0 += 1;
+        PartitionApplied
+    }
+
+    fn save(&self) -> Result<Vec<u8>, String> {
+        Ok(self.0.to_be_bytes().to_vec())
+    }
+
+    fn load(bytes: &[u8]) -> Result<Self, String> {
+        let array: [u8; 8] = bytes.try_into().map_err(|_| "not 8 bytes".to_string())?;
+        Ok(Count(u64::from_be_bytes(array)))
+    }
+}
+
+fn open_log(dir: &std::path::Path) -> Arc<Mutex<PartitionLog>> {
+    Arc::new(Mutex::new(
+        PartitionLog::open(&dir.join("t-0"), LogConfig::default()).expect("partition log"),
+    ))
+}
+
+struct Builder;
+
+impl
+    StoreBuilder<
+        PartitionTypes,
+        PartitionStore,
+        EntryMachine<PartitionTypes, Count>,
+        tempfile::TempDir,
+    > for Builder
+{
+    async fn build(
+        &self,
+    ) -> Result<
+        (
+            tempfile::TempDir,
+            PartitionStore,
+            EntryMachine<PartitionTypes, Count>,
+        ),
+        StorageError<u64>,
+    > {
+        let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+        let store = PartitionStore::open(open_log(dir.path()), true)
+            .map_err(|e| StorageIOError::write(&e))?;
+        let machine =
+            EntryMachine::open(&dir.path().join("sm")).map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, store, machine))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft's storage suite failed: {e}");
+    }
+}
+
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+fn produce(term: u64, index: u64, records: Vec<u8>) -> Entry<PartitionTypes> {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(PartitionEntry::Produce {
+            records: Bytes::from(records),
+            now_ms: NOW_MS,
+        }),
+    }
+}
+
+fn blank(term: u64, index: u64) -> Entry<PartitionTypes> {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Blank,
+    }
+}
+
+fn batch(records: i32) -> Vec<u8> {
+    TestBatch::new(records).timestamp(NOW_MS).encode()
+}
+
+/// (base offset, last offset, partition leader epoch) of every batch.
+fn batches(records: &[u8]) -> Vec<(i64, i64, i32)> {
+    Batches::new(records)
+        .map(|b| {
+            let (_, b) = b.expect("batches parse");
+            b.validate_crc().expect("a valid CRC");
+            let h = b.header();
+            (h.base_offset(), h.last_offset(), h.partition_leader_epoch())
+        })
+        .collect()
+}
+
+fn segment_bytes(log: &Arc<Mutex<PartitionLog>>) -> Vec<u8> {
+    log.lock()
+        .read(0, usize::MAX, i64::MAX, true)
+        .expect("read")
+        .records
+        .to_vec()
+}
+
+#[tokio::test]
+async fn the_leader_assigns_offsets_and_a_follower_stores_the_same_bytes() {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let (leader_log, follower_log) = (open_log(dirs[0].path()), open_log(dirs[1].path()));
+    let mut leader = PartitionStore::open(leader_log.clone(), true).expect("open");
+    let mut follower = PartitionStore::open(follower_log.clone(), true).expect("open");
+    // Raft's own entries take no offsets.
+    leader
+        .blocking_append(vec![
+            blank(1, 1),
+            produce(1, 2, batch(3)),
+            blank(2, 3),
+            produce(2, 4, batch(2)),
+            produce(2, 5, [batch(1), batch(4)].concat()),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(
+        batches(&segment_bytes(&leader_log)),
+        vec![(0, 2, 1), (3, 4, 2), (5, 5, 2), (6, 9, 2)]
+    );
+    let outcome = leader
+        .take_outcome(4)
+        .expect("an outcome")
+        .expect("appended");
+    assert_eq!((outcome.base_offset, outcome.last_offset), (3, 4));
+    assert!(leader.take_outcome(4).is_none(), "an outcome is taken once");
+
+    // What the leader replicates: its entries read back, offsets in place.
+    let shipped = leader.try_get_log_entries(1..=5).await.expect("read");
+    assert_eq!(shipped.len(), 5);
+    assert!(matches!(shipped[0].payload, EntryPayload::Blank));
+    match &shipped[4].payload {
+        EntryPayload::Normal(PartitionEntry::Records { records }) => {
+            assert_eq!(batches(records), vec![(5, 5, 2), (6, 9, 2)]);
+        }
+        other => panic!("entry 5 is {other:?}"),
+    }
+    follower.blocking_append(shipped).await.expect("append");
+    assert_eq!(segment_bytes(&follower_log), segment_bytes(&leader_log));
+    assert_eq!(
+        follower.try_get_log_entries(..).await.expect("read"),
+        leader.try_get_log_entries(..).await.expect("read")
+    );
+}
+
+#[tokio::test]
+async fn a_producer_retry_is_stored_once_and_answered_with_its_original_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open_log(dir.path());
+    let mut store = PartitionStore::open(log.clone(), true).expect("open");
+    let first = TestBatch::new(2)
+        .timestamp(NOW_MS)
+        .idempotent(7, 0, 0)
+        .encode();
+    store
+        .blocking_append(vec![
+            produce(1, 1, batch(1)),
+            produce(1, 2, first.clone()),
+            // The same batch again, as a producer retrying after a timeout.
+            produce(1, 3, first),
+        ])
+        .await
+        .expect("append");
+    let original = store.take_outcome(2).expect("outcome").expect("appended");
+    let retry = store.take_outcome(3).expect("outcome").expect("answered");
+    assert!(retry.duplicate && !original.duplicate);
+    assert_eq!((retry.base_offset, retry.last_offset), (1, 2));
+    assert_eq!(log.lock().log_end_offset(), 3);
+    // The retry's entry holds no records: a follower stores nothing for it.
+    let entries = store.try_get_log_entries(3..=3).await.expect("read");
+    assert_eq!(
+        entries[0].payload,
+        EntryPayload::Normal(PartitionEntry::Records {
+            records: Bytes::new()
+        })
+    );
+}
+
+#[tokio::test]
+async fn truncation_cuts_the_segments_and_the_next_entries_reuse_no_offset_below() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open_log(dir.path());
+    let mut store = PartitionStore::open(log.clone(), true).expect("open");
+    store
+        .blocking_append(vec![
+            produce(1, 1, batch(2)),
+            blank(1, 2),
+            produce(1, 3, batch(3)),
+            produce(1, 4, batch(1)),
+        ])
+        .await
+        .expect("append");
+    // A new leader disagrees from index 3 on: offsets 2.. were never committed.
+    store.truncate(log_id(1, 3)).await.expect("truncate");
+    assert_eq!(log.lock().log_end_offset(), 2);
+    store
+        .blocking_append(vec![produce(2, 3, batch(4))])
+        .await
+        .expect("append");
+    assert_eq!(batches(&segment_bytes(&log)), vec![(0, 1, 1), (2, 5, 2)]);
+    let state = store.get_log_state().await.expect("state");
+    assert_eq!(state.last_log_id, Some(log_id(2, 3)));
+}
+
+#[tokio::test]
+async fn recovery_cuts_the_longer_of_index_and_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open_log(dir.path());
+    let mut store = PartitionStore::open(log.clone(), true).expect("open");
+    store
+        .blocking_append((1..=4).map(|i| produce(1, i, batch(2))).collect::<Vec<_>>())
+        .await
+        .expect("append");
+    let index_path = log.lock().dir().join(INDEX_FILE);
+    drop(store);
+
+    // Batches without an index record (the index write was lost).
+    let bytes = std::fs::read(&index_path).expect("read the index");
+    let (records, _) = decode_records::<IndexRecord>(&bytes).expect("decode");
+    let last = records.last().expect("records").0;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&index_path)
+        .expect("open");
+    file.set_len(last).expect("cut the index");
+    drop(file);
+    let mut store = PartitionStore::open(log.clone(), true).expect("reopen");
+    assert_eq!(
+        log.lock().log_end_offset(),
+        6,
+        "unindexed batches are truncated"
+    );
+    assert_eq!(
+        store.get_log_state().await.expect("state").last_log_id,
+        Some(log_id(1, 3))
+    );
+    drop(store);
+
+    // Index records whose batches are gone (the segment write was lost).
+    log.lock().truncate_to(2).expect("lose batches");
+    let mut store = PartitionStore::open(log.clone(), true).expect("reopen");
+    assert_eq!(
+        store.get_log_state().await.expect("state").last_log_id,
+        Some(log_id(1, 1))
+    );
+    let entries = store.try_get_log_entries(..).await.expect("read");
+    assert_eq!(entries.len(), 1);
+    // And it goes on from there.
+    store
+        .blocking_append(vec![produce(2, 2, batch(1))])
+        .await
+        .expect("append");
+    assert_eq!(batches(&segment_bytes(&log)), vec![(0, 1, 1), (2, 2, 2)]);
+}
