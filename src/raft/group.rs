@@ -271,7 +271,7 @@ impl AppliedWatch {
 
 /// Initializes `group` over `voters` once a majority of them is known to
 /// hold no state of it; returns when the group exists or on shutdown.
-async fn bootstrap<C: EntryTypes>(
+pub(super) async fn bootstrap<C: EntryTypes>(
     raft: Raft<C>,
     group: GroupId,
     voters: BTreeMap<NodeId, BasicNode>,

@@ -30,6 +30,7 @@
 pub mod entry_log;
 pub mod group;
 pub mod network;
+pub mod partition_group;
 pub mod partition_store;
 pub mod transport;
 pub mod types;

@@ -1,0 +1,211 @@
+//! Three replicas of one partition group over real loopback transports:
+//! the leader assigns offsets, a majority commits, every replica ends with
+//! the same bytes at the same offsets; a follower refuses produce naming
+//! the leader; after the leader stops another takes over with a higher
+//! epoch, and the old leader comes back and catches up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::*;
+use crate::log::batch::test_batches::TestBatch;
+use crate::log::LogConfig;
+use crate::raft::transport::TransportConfig;
+
+const WAIT: Duration = Duration::from_secs(20);
+const NOW_MS: i64 = 1_000_000;
+
+struct Replica {
+    group: PartitionGroup,
+    log: Arc<Mutex<PartitionLog>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Replica {
+    async fn stop(self) {
+        self.group.stop().await;
+        let _ = self.stop.send(true);
+    }
+
+    fn segments(&self) -> Vec<u8> {
+        self.log
+            .lock()
+            .read(0, usize::MAX, i64::MAX, true)
+            .expect("read")
+            .records
+            .to_vec()
+    }
+
+    async fn high_watermark_at_least(&self, offset: i64) {
+        let mut hw = self.group.high_watermark();
+        tokio::time::timeout(WAIT, hw.wait_for(|&h| h >= offset))
+            .await
+            .expect("the high watermark moves in time")
+            .expect("the group runs");
+    }
+}
+
+async fn start(
+    node: NodeId,
+    listener: TcpListener,
+    voters: &BTreeMap<NodeId, BasicNode>,
+    dir: &std::path::Path,
+) -> Replica {
+    let (stop, stopped) = watch::channel(false);
+    let transport = Transport::new(
+        TransportConfig::new(node, Some("c".into())),
+        stopped.clone(),
+    );
+    for (&peer, address) in voters {
+        transport.add_peer(peer, address.addr.clone());
+    }
+    let registry = Arc::new(Registry::default());
+    tokio::spawn(transport.clone().serve(listener, registry.clone()));
+    let log = Arc::new(Mutex::new(
+        PartitionLog::open(&dir.join("t-0"), LogConfig::default()).expect("partition log"),
+    ));
+    let group = PartitionGroup::start(
+        node,
+        GroupId::Partition {
+            topic_id: uuid::Uuid::nil(),
+            partition: 0,
+        },
+        voters.clone(),
+        log.clone(),
+        true,
+        // Wide timers: the suite runs in parallel on two cores; this test
+        // is about safety and progress, not how fast an election is.
+        &GroupTimers {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+        },
+        transport,
+        registry,
+        stopped,
+    )
+    .await
+    .expect("group starts");
+    Replica { group, log, stop }
+}
+
+async fn leader_seen_by(replica: &Replica, not: Option<NodeId>) -> NodeId {
+    let metrics = replica
+        .group
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != not,
+            "a leader",
+        )
+        .await
+        .expect("a leader is elected");
+    metrics.current_leader.expect("leader")
+}
+
+/// Produces one batch of `records` records through `replica`; its offsets.
+async fn produce(replica: &Replica, records: i32) -> (i64, i64) {
+    let batch = TestBatch::new(records).timestamp(NOW_MS).encode();
+    let info = replica
+        .group
+        .produce(Bytes::from(batch), NOW_MS)
+        .await
+        .expect("the leader commits it")
+        .expect("the append succeeds");
+    (info.base_offset, info.last_offset)
+}
+
+/// (base offset, last offset, leader epoch) of every stored batch.
+fn batches(records: &[u8]) -> Vec<(i64, i64, i32)> {
+    Batches::new(records)
+        .map(|b| {
+            let (_, b) = b.expect("batches parse");
+            let h = b.header();
+            (h.base_offset(), h.last_offset(), h.partition_leader_epoch())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_commit_the_same_offsets_fail_over_and_catch_up() {
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut listeners = BTreeMap::new();
+    let mut voters = BTreeMap::new();
+    for node in 1..=3u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        voters.insert(
+            node,
+            BasicNode::new(listener.local_addr().expect("addr").to_string()),
+        );
+        listeners.insert(node, listener);
+    }
+    let dir = |node: NodeId| dirs[node as usize - 1].path().to_path_buf();
+    let mut running: BTreeMap<NodeId, Replica> = BTreeMap::new();
+    for node in [3, 1, 2] {
+        let listener = listeners.remove(&node).expect("listener");
+        running.insert(node, start(node, listener, &voters, &dir(node)).await);
+    }
+    let leader = leader_seen_by(&running[&3], None).await;
+    let mut next = 0;
+    for _ in 0..10 {
+        assert_eq!(produce(&running[&leader], 2).await, (next, next + 1));
+        next += 2;
+    }
+    // A follower refuses, naming the leader.
+    let follower = *running.keys().find(|&&n| n != leader).expect("a follower");
+    leader_seen_by(&running[&follower], None).await;
+    let refused = running[&follower]
+        .group
+        .produce(Bytes::from(TestBatch::new(1).encode()), NOW_MS)
+        .await;
+    assert!(
+        matches!(refused, Err(ProduceError::NotLeader(Some(l))) if l == leader),
+        "{refused:?}"
+    );
+    for replica in running.values() {
+        replica.high_watermark_at_least(next).await;
+        assert_eq!(replica.segments(), running[&leader].segments());
+    }
+    let first_epoch = batches(&running[&leader].segments())[0].2;
+
+    // The leader stops; the other two elect a new one, which goes on at the
+    // next offset with a higher epoch.
+    let old = running.remove(&leader).expect("leader");
+    old.stop().await;
+    let survivor = *running.keys().next().expect("a survivor");
+    let new_leader = leader_seen_by(&running[&survivor], Some(leader)).await;
+    for _ in 0..5 {
+        assert_eq!(produce(&running[&new_leader], 3).await, (next, next + 2));
+        next += 3;
+    }
+    for replica in running.values() {
+        replica.high_watermark_at_least(next).await;
+    }
+    let stored = batches(&running[&new_leader].segments());
+    assert_eq!(stored.len(), 15);
+    assert!(
+        stored.windows(2).all(|w| w[1].0 == w[0].1 + 1),
+        "{stored:?}"
+    );
+    assert!(stored[14].2 > first_epoch, "{stored:?}");
+
+    // The old leader restarts on its data and catches up byte for byte.
+    let listener = TcpListener::bind(voters[&leader].addr.as_str())
+        .await
+        .expect("rebind");
+    running.insert(leader, start(leader, listener, &voters, &dir(leader)).await);
+    running[&leader].high_watermark_at_least(next).await;
+    for replica in running.values() {
+        assert_eq!(replica.segments(), running[&new_leader].segments());
+    }
+    for (_, replica) in std::mem::take(&mut running) {
+        replica.stop().await;
+    }
+}
