@@ -209,3 +209,92 @@ async fn three_replicas_commit_the_same_offsets_fail_over_and_catch_up() {
         replica.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_leader_truncates_what_it_appended_but_never_committed() {
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut listeners = BTreeMap::new();
+    let mut voters = BTreeMap::new();
+    for node in 1..=3u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        voters.insert(
+            node,
+            BasicNode::new(listener.local_addr().expect("addr").to_string()),
+        );
+        listeners.insert(node, listener);
+    }
+    let dir = |node: NodeId| dirs[node as usize - 1].path().to_path_buf();
+    let mut running: BTreeMap<NodeId, Replica> = BTreeMap::new();
+    for node in 1..=3 {
+        let listener = listeners.remove(&node).expect("listener");
+        running.insert(node, start(node, listener, &voters, &dir(node)).await);
+    }
+    let leader = leader_seen_by(&running[&1], None).await;
+    for _ in 0..4 {
+        produce(&running[&leader], 2).await;
+    }
+    for replica in running.values() {
+        replica.high_watermark_at_least(8).await;
+    }
+
+    // Both followers stop: the leader appends a batch it cannot commit.
+    let followers: Vec<NodeId> = running.keys().copied().filter(|&n| n != leader).collect();
+    for f in &followers {
+        running.remove(f).expect("follower").stop().await;
+    }
+    let lonely = running.remove(&leader).expect("leader");
+    let pending = tokio::time::timeout(
+        Duration::from_secs(2),
+        lonely.group.produce(
+            Bytes::from(TestBatch::new(5).timestamp(NOW_MS).encode()),
+            NOW_MS,
+        ),
+    )
+    .await;
+    assert!(
+        pending.is_err(),
+        "an entry without a majority was acknowledged"
+    );
+    assert_eq!(
+        lonely.log.lock().log_end_offset(),
+        13,
+        "the leader holds it"
+    );
+    assert_eq!(
+        *lonely.group.high_watermark().borrow(),
+        8,
+        "above the high watermark"
+    );
+    lonely.stop().await;
+
+    // The followers come back without it and commit other records there.
+    for &f in &followers {
+        let listener = TcpListener::bind(voters[&f].addr.as_str())
+            .await
+            .expect("rebind");
+        running.insert(f, start(f, listener, &voters, &dir(f)).await);
+    }
+    let new_leader = leader_seen_by(&running[&followers[0]], Some(leader)).await;
+    assert_eq!(produce(&running[&new_leader], 1).await, (8, 8));
+    for replica in running.values() {
+        replica.high_watermark_at_least(9).await;
+    }
+
+    // The old leader returns: its uncommitted batch is gone, offset 8 is
+    // the new leader's record, and every replica holds the same bytes.
+    let listener = TcpListener::bind(voters[&leader].addr.as_str())
+        .await
+        .expect("rebind");
+    running.insert(leader, start(leader, listener, &voters, &dir(leader)).await);
+    running[&leader].high_watermark_at_least(9).await;
+    // Its high watermark covers the new record only once it truncated its
+    // own batch and appended the leader's.
+    let expected = running[&new_leader].segments();
+    assert_eq!(running[&leader].segments(), expected);
+    assert_eq!(batches(&expected).last().map(|b| (b.0, b.1)), Some((8, 8)));
+    for (_, replica) in std::mem::take(&mut running) {
+        replica.stop().await;
+    }
+}
