@@ -14,7 +14,10 @@
 //! - `partition_store` — the Raft log of a partition group, kept in the
 //!   partition's own segment files plus a small entry index: the leader's
 //!   store assigns offsets, followers store the leader's bytes, Raft's own
-//!   entries take no offsets. Not wired into the broker yet.
+//!   entries take no offsets.
+//! - `partition_group` — a partition's group on this node: that store, a
+//!   state machine that moves the high watermark to the committed end, and
+//!   produce through the leader. Neither is wired into the broker yet.
 //! - `group` — starts an entry group on a node (files, Raft, registry) and
 //!   bootstraps a fresh one: the lowest voter initializes it once a majority
 //!   of the voters hold no state of it.
