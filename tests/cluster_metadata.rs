@@ -109,6 +109,16 @@ async fn converged(nodes: &[&str], topic: &str, accept: impl Fn(&View) -> bool) 
     }
 }
 
+/// The controllers (metadata voters) a node lists in DescribeCluster.
+async fn controllers(bootstrap: &str) -> Result<BTreeSet<i32>> {
+    let mut conn = KafkaConnection::connect(bootstrap).await?;
+    let described = conn
+        .send(1, &DescribeClusterRequest::default().with_endpoint_type(2))
+        .await?;
+    ensure!(described.error_code == 0, "{described:?}");
+    Ok(described.brokers.iter().map(|b| b.broker_id.0).collect())
+}
+
 /// Partition directories of `topic` under a node's data directory.
 fn partition_dirs(data: &Path, topic: &str) -> Result<BTreeSet<String>> {
     let mut found = BTreeSet::new();
@@ -365,6 +375,36 @@ async fn three_nodes_share_metadata_and_refuse_a_foreign_node() -> Result<()> {
         on_learner == 2,
         "node 4 got {on_learner} of 8 partitions: {spread:?}"
     );
+
+    // `fjord cluster add-voter` makes it a voter, seen by every node as a
+    // controller in DescribeCluster (endpoint type 2).
+    ensure!(
+        controllers(all[0]).await? == BTreeSet::from([1, 2, 3]),
+        "voters before: {:?}",
+        controllers(all[0]).await?
+    );
+    let added = std::process::Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args([
+            "cluster",
+            "add-voter",
+            "--node-id",
+            "4",
+            "--bootstrap-server",
+            all[1],
+        ])
+        .output()?;
+    ensure!(added.status.success(), "add-voter failed: {added:?}");
+    let started = Instant::now();
+    for node in &everyone {
+        while controllers(node).await? != BTreeSet::from([1, 2, 3, 4]) {
+            ensure!(
+                started.elapsed() < CONVERGE_WAIT_MAX,
+                "{node} lists controllers {:?}",
+                controllers(node).await?
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     drop(learner);
 
     // Deleted through node 1: gone from every node's metadata and disk.

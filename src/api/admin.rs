@@ -446,13 +446,38 @@ pub async fn delete_records(
     response
 }
 
+/// AddRaftVoter (KIP-853): makes a broker that joined as a learner a voter
+/// of the metadata group. The request's listeners are not needed: the
+/// broker registered its CONTROLLER address when it joined.
+pub async fn add_raft_voter(
+    broker: &Arc<Broker>,
+    request: kafka_protocol::messages::AddRaftVoterRequest,
+) -> kafka_protocol::messages::AddRaftVoterResponse {
+    let mut response = kafka_protocol::messages::AddRaftVoterResponse::default();
+    if let Some(id) = &request.cluster_id {
+        if id.as_str() != broker.metadata.cluster_id() {
+            response.error_code = ResponseError::InconsistentClusterId.code();
+            response.error_message = Some(StrBytes::from_string(format!(
+                "This is cluster {}, not {}.",
+                broker.metadata.cluster_id(),
+                id.as_str()
+            )));
+            return response;
+        }
+    }
+    if let Err((code, message)) = broker.metadata.add_voter(request.voter_id).await {
+        response.error_code = code.code();
+        response.error_message = Some(StrBytes::from_string(message));
+    }
+    response
+}
+
 pub fn describe_cluster(
     broker: &Broker,
     version: i16,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
     let mut response = DescribeClusterResponse::default();
-    // Endpoint type 2 asks for controllers: this node is also the controller.
     if version >= 1 && request.endpoint_type != 1 && request.endpoint_type != 2 {
         response.error_code = ResponseError::UnsupportedEndpointType.code();
         return response;
@@ -460,17 +485,30 @@ pub fn describe_cluster(
     if version >= 1 {
         response.endpoint_type = request.endpoint_type;
     }
+    // Endpoint type 2 asks for the controllers: the metadata group's voters
+    // at their CONTROLLER addresses.
+    let controllers = version >= 1 && request.endpoint_type == 2;
+    let voters = broker.metadata.voters();
     response.brokers = broker
         .metadata
         .alive_brokers()
         .into_iter()
-        .map(|b| {
+        .filter_map(|b| {
+            let (host, port) = if controllers {
+                if !voters.contains(&b.id) {
+                    return None;
+                }
+                let (host, port) = b.controller.as_deref()?.rsplit_once(':')?;
+                (host.to_string(), port.parse().ok()?)
+            } else {
+                (b.host, b.port)
+            };
             let mut node = DescribeClusterBroker::default();
             node.broker_id = BrokerId(b.id);
-            node.host = StrBytes::from_string(b.host);
-            node.port = b.port;
+            node.host = StrBytes::from_string(host);
+            node.port = port;
             node.rack = b.rack.map(StrBytes::from_string);
-            node
+            Some(node)
         })
         .collect();
     response.cluster_id = StrBytes::from_string(broker.metadata.cluster_id().to_string());

@@ -129,6 +129,9 @@ impl KafkaApis {
             RequestKind::DeleteRecords(r) => {
                 ResponseKind::DeleteRecords(admin::delete_records(b, v, r).await).into()
             }
+            RequestKind::AddRaftVoter(r) => {
+                ResponseKind::AddRaftVoter(admin::add_raft_voter(b, r).await).into()
+            }
             RequestKind::DescribeCluster(r) => {
                 ResponseKind::DescribeCluster(admin::describe_cluster(b, v, r)).into()
             }

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use kafka_protocol::messages::MetadataResponse;
 
+use kafka_protocol::protocol::StrBytes;
+
 use crate::cli::ConnectArgs;
 use crate::client::Client;
 
@@ -25,12 +27,24 @@ pub enum ClusterCommand {
     /// Cluster id, controller, and per broker: address, rack, partitions led
     /// and replicas held; partitions without a leader.
     Status,
+    /// Make a broker-only node (already running and registered) a voter of
+    /// the metadata quorum (AddRaftVoter, as `kafka-metadata-quorum.sh
+    /// add-controller` does).
+    AddVoter {
+        /// The broker's node.id.
+        #[arg(long)]
+        node_id: i32,
+    },
 }
 
 pub async fn run(args: ClusterArgs) -> Result<()> {
     let mut client = args.connect.connect().await?;
     match args.command {
         ClusterCommand::Status => print!("{}", status(&mut client).await?),
+        ClusterCommand::AddVoter { node_id } => {
+            add_voter(&mut client, node_id).await?;
+            println!("Node {node_id} is a voter.");
+        }
     }
     Ok(())
 }
@@ -39,6 +53,31 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
 pub async fn status(client: &mut Client) -> Result<String> {
     let metadata = client.metadata(None, false).await?;
     Ok(format_status(&metadata))
+}
+
+/// Sends AddRaftVoter for `node_id`; a Kafka error comes back by name.
+pub async fn add_voter(client: &mut Client, node_id: i32) -> Result<()> {
+    use kafka_protocol::messages::AddRaftVoterRequest;
+    let cluster_id = client
+        .cluster_id()
+        .map(|s| StrBytes::from_string(s.to_string()));
+    let timeout_ms = i32::try_from(client.config().request_timeout.as_millis()).unwrap_or(i32::MAX);
+    let conn = client.any_broker().await?;
+    let version = conn.version::<AddRaftVoterRequest>()?;
+    let request = AddRaftVoterRequest::default()
+        .with_cluster_id(cluster_id)
+        .with_timeout_ms(timeout_ms)
+        .with_voter_id(node_id);
+    let response = conn.send(&request, version).await?;
+    if response.error_code != 0 {
+        let code = kafka_protocol::error::ResponseError::try_from_code(response.error_code);
+        anyhow::bail!(
+            "AddRaftVoter: {} {}",
+            code.map_or_else(|| response.error_code.to_string(), |c| format!("{c:?}")),
+            response.error_message.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 fn format_status(metadata: &MetadataResponse) -> String {

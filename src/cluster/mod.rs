@@ -399,6 +399,33 @@ impl ClusterMetadata {
         }
     }
 
+    /// Makes a broker that joined as a learner a voter of the metadata
+    /// group (Kafka's AddRaftVoter), without restarting anyone.
+    pub async fn add_voter(&self, broker: i32) -> Result<(), KafkaError> {
+        if !self.read(|s| s.brokers.contains_key(&broker)) {
+            return Err((
+                ResponseError::InvalidRequest,
+                format!(
+                    "Broker {broker} is not registered: start it (as a broker-only node) first."
+                ),
+            ));
+        }
+        tokio::time::timeout(CHANGE_WAIT_MAX, self.group.add_voter(broker as NodeId))
+            .await
+            .map_err(|_| {
+                (
+                    ResponseError::RequestTimedOut,
+                    format!("Adding voter {broker} did not finish within {CHANGE_WAIT_MAX:?}."),
+                )
+            })?
+            .map_err(|e| (ResponseError::InvalidRequest, format!("{e:#}")))
+    }
+
+    /// The metadata group's voters (Kafka's controllers), by id.
+    pub fn voters(&self) -> Vec<i32> {
+        self.group.voters().into_iter().map(|v| v as i32).collect()
+    }
+
     /// Registered brokers that are alive now (this one, and the peers the
     /// transport hears from), by id.
     pub fn alive_brokers(&self) -> Vec<BrokerRegistration> {

@@ -49,6 +49,7 @@ pub fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         OffsetFetch,
         OffsetDelete,
         DescribeTopicPartitions,
+        AddRaftVoter,
     ];
     implemented
         .into_iter()
@@ -103,6 +104,7 @@ fn message_range(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::OffsetCommit => both::<OffsetCommitRequest, OffsetCommitResponse>(),
         ApiKey::OffsetFetch => both::<OffsetFetchRequest, OffsetFetchResponse>(),
         ApiKey::OffsetDelete => both::<OffsetDeleteRequest, OffsetDeleteResponse>(),
+        ApiKey::AddRaftVoter => both::<AddRaftVoterRequest, AddRaftVoterResponse>(),
         ApiKey::DescribeTopicPartitions => {
             both::<DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse>()
         }

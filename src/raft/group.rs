@@ -195,6 +195,53 @@ where
         }
     }
 
+    /// Makes `node`, already a learner, a voter of the group, through the
+    /// leader wherever it is.
+    pub async fn add_voter(&self, node: NodeId) -> anyhow::Result<()> {
+        let mut last_error = String::from("no leader");
+        for _ in 0..PROPOSE_ATTEMPTS {
+            let leader = match super::network::add_voter(&self.raft, node).await {
+                Ok(()) => return Ok(()),
+                Err((why, leader)) => {
+                    last_error = why;
+                    leader
+                }
+            };
+            if let Some(leader) = leader.filter(|&l| l != self.transport.config().node_id) {
+                let body = encode(&RaftRequest::<C>::AddVoter { node })
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                match self.transport.call(leader, self.id, body).await {
+                    Ok(answer) => match decode::<RaftReply>(&answer) {
+                        Ok(RaftReply::VoterAdded(Ok(()))) => return Ok(()),
+                        Ok(RaftReply::VoterAdded(Err((why, _)))) => last_error = why,
+                        Ok(_) => last_error = "unexpected reply".into(),
+                        Err(e) => last_error = e,
+                    },
+                    Err(e) => last_error = e.to_string(),
+                }
+            } else if self.leader() == Some(self.transport.config().node_id) {
+                // This node leads and refused: retrying will not help.
+                anyhow::bail!("{last_error}");
+            }
+            tokio::time::sleep(PROPOSE_RETRY).await;
+        }
+        anyhow::bail!(
+            "group {}: node {node} was not made a voter: {last_error}",
+            self.id
+        )
+    }
+
+    /// The voters of the group as this node knows them.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// Waits until this node has applied the entry at `index`, for at most
     /// `wait`.
     pub async fn wait_applied(&self, index: u64, wait: Duration) -> anyhow::Result<()> {

@@ -51,6 +51,10 @@ pub enum RaftRequest<C: EntryTypes> {
         node: NodeId,
         addr: String,
     },
+    /// Makes a learner a voter (Kafka's AddRaftVoter), on the leader.
+    AddVoter {
+        node: NodeId,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -67,6 +71,9 @@ pub enum RaftReply {
     /// The learner was added (or already was a member), or why not, with
     /// the leader this node knows of.
     Joined(Result<(), (String, Option<NodeId>)>),
+    /// The learner is a voter now, or why not, with the leader this node
+    /// knows of.
+    VoterAdded(Result<(), (String, Option<NodeId>)>),
 }
 
 fn codec() -> impl Options {
@@ -128,6 +135,9 @@ impl<C: EntryTypes> GroupService for RaftService<C> {
                         }
                     },
                 ),
+                RaftRequest::AddVoter { node } => {
+                    RaftReply::VoterAdded(add_voter(&raft, node).await)
+                }
                 RaftRequest::Propose(command) => {
                     RaftReply::Proposed(match raft.client_write(command).await {
                         Ok(written) => Ok((written.log_id.index, encode(&written.data)?)),
@@ -272,6 +282,22 @@ impl<C: EntryTypes> RaftNetwork<C> for PeerClient {
                 Err(StreamingError::Unreachable(Unreachable::new(&e)))
             }
             Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+/// Makes learner `node` a voter of the group `raft` leads (an error with
+/// the leader it knows of when it does not lead).
+pub async fn add_voter<C: EntryTypes>(
+    raft: &Raft<C>,
+    node: NodeId,
+) -> Result<(), (String, Option<NodeId>)> {
+    let change = openraft::ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([node]));
+    match raft.change_membership(change, false).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let leader = e.forward_to_leader().and_then(|f| f.leader_id);
+            Err((e.to_string(), leader))
         }
     }
 }
