@@ -407,6 +407,30 @@ async fn three_nodes_share_metadata_and_refuse_a_foreign_node() -> Result<()> {
     }
     drop(learner);
 
+    // A broker-only node holding another cluster's data is refused by the
+    // voters and exits, naming both clusters.
+    let mut foreign = Broker::prepare_join(&nodes, 5, &[])?;
+    let data5 = foreign.data_dir().context("data dir")?;
+    std::fs::create_dir_all(&data5)?;
+    std::fs::write(
+        data5.join("meta.properties"),
+        "version=1\ncluster.id=BBBBBBBBBBBBBBBBBBBBBB\nnode.id=5\n",
+    )?;
+    foreign.spawn_again()?;
+    let status = foreign.wait_exit(EXIT_WAIT_MAX)?;
+    ensure!(
+        !status.success(),
+        "a foreign broker-only node started: {status}"
+    );
+    let log = foreign.log_text();
+    ensure!(
+        log.contains("BBBBBBBBBBBBBBBBBBBBBB")
+            && log.contains(&formed.cluster_id)
+            && log.contains("refuse"),
+        "the refusal does not name both clusters:\n{}",
+        foreign.log_tail()
+    );
+
     // Deleted through node 1: gone from every node's metadata and disk.
     let mut conn = KafkaConnection::connect(all[0]).await?;
     let deleted = conn

@@ -196,9 +196,20 @@ impl ClusterMetadata {
         let joined = tokio::select! {
             joined = async {
                 if let Some(addr) = &learner {
-                    group.join_as_learner(&peers, addr).await;
+                    let joining = group.join_as_learner(&peers, addr);
+                    tokio::pin!(joining);
+                    loop {
+                        tokio::select! {
+                            () = &mut joining => break,
+                            _ = tokio::time::sleep(JOIN_ATTEMPT_WAIT) => {
+                                if let Some(why) = refusal(&transport, &peers, config.voters.len()) {
+                                    return Err(anyhow::anyhow!(why));
+                                }
+                            }
+                        }
+                    }
                 }
-                join(&group, &transport, &peers, bootstrap).await
+                join(&group, &transport, &peers, config.voters.len(), bootstrap).await
             } => joined,
             _ = shutdown.wait_for(|stop| *stop) => Err(anyhow::anyhow!("shut down while waiting for the metadata quorum")),
         };
@@ -569,26 +580,13 @@ async fn join(
     group: &EntryGroup<MetadataTypes, MetadataState>,
     transport: &Transport,
     peers: &[NodeId],
+    voters: usize,
     bootstrap: MetadataCommand,
 ) -> anyhow::Result<String> {
     let started = std::time::Instant::now();
-    let voters = peers.len() + 1;
-    let majority = voters / 2 + 1;
     loop {
-        let refusals: Vec<String> = peers
-            .iter()
-            .filter_map(|&p| match transport.peer_state(p) {
-                Some(crate::raft::transport::PeerState::Refused(why)) => Some(why),
-                _ => None,
-            })
-            .collect();
-        if refusals.len() >= majority {
-            anyhow::bail!(
-                "{} of the {} voters refuse this node: {}",
-                refusals.len(),
-                peers.len() + 1,
-                refusals.join("; ")
-            );
+        if let Some(why) = refusal(transport, peers, voters) {
+            anyhow::bail!(why);
         }
         let attempt = async {
             group.wait_leader(JOIN_ATTEMPT_WAIT).await?;
@@ -608,6 +606,25 @@ async fn join(
             ),
         }
     }
+}
+
+/// Why this node must give up joining, if a majority of the `voters`
+/// refuse it (another cluster's data, or a misconfigured node id).
+fn refusal(transport: &Transport, peers: &[NodeId], voters: usize) -> Option<String> {
+    let refusals: Vec<String> = peers
+        .iter()
+        .filter_map(|&p| match transport.peer_state(p) {
+            Some(crate::raft::transport::PeerState::Refused(why)) => Some(why),
+            _ => None,
+        })
+        .collect();
+    (refusals.len() > voters / 2).then(|| {
+        format!(
+            "{} of the {voters} voters refuse this node: {}",
+            refusals.len(),
+            refusals.join("; ")
+        )
+    })
 }
 
 /// Topics and dynamic broker configs of a single-node data directory from

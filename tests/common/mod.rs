@@ -231,6 +231,14 @@ impl Broker {
     /// `voters` (as started by [`Broker::start_cluster`]), with its own
     /// CONTROLLER listener; waits until it serves clients.
     pub fn join_cluster(voters: &[Broker], node_id: i32, extra_args: &[&str]) -> Result<Broker> {
+        let mut node = Broker::prepare_join(voters, node_id, extra_args)?;
+        node.process_mut()?.launch()?;
+        Ok(node)
+    }
+
+    /// Like [`Broker::join_cluster`], with the process not started yet
+    /// (start it with [`Broker::spawn_again`]).
+    pub fn prepare_join(voters: &[Broker], node_id: i32, extra_args: &[&str]) -> Result<Broker> {
         let quorum = voters
             .iter()
             .enumerate()
@@ -252,7 +260,6 @@ impl Broker {
             "--override".to_string(),
             format!("controller.quorum.voters={quorum}"),
         ]);
-        process.launch()?;
         Ok(node)
     }
 
