@@ -616,7 +616,14 @@ impl Broker {
     /// until partition groups replicate them: it leads while it is alive
     /// (here: while its log is open and online).
     pub fn partition_view(&self, topic: &TopicMeta, partition: i32) -> PartitionView {
-        let replicas = topic.replicas_of(partition).to_vec();
+        self.view_of(
+            &topic.name,
+            partition,
+            topic.replicas_of(partition).to_vec(),
+        )
+    }
+
+    fn view_of(&self, topic: &str, partition: i32, replicas: Vec<i32>) -> PartitionView {
         let Some(&first) = replicas.first() else {
             return PartitionView {
                 leader: None,
@@ -627,7 +634,7 @@ impl Broker {
             };
         };
         let (online, leader_epoch) = if first == self.config.node_id {
-            match self.replicas.get(&topic.name, partition) {
+            match self.replicas.get(topic, partition) {
                 Some(p) if !p.is_offline() => (true, p.leader_epoch()),
                 _ => (false, -1),
             }
@@ -646,9 +653,10 @@ impl Broker {
     /// The node that coordinates `group_id`: the leader of its
     /// `__consumer_offsets` partition, if it has one now.
     pub fn coordinator_of(&self, group_id: &str) -> Option<i32> {
-        let topic = self.metadata.topic(OFFSETS_TOPIC)?;
-        self.partition_view(&topic, self.groups.partition_of(group_id))
-            .leader
+        // On every group request: read one replica list, not the topic.
+        let partition = self.groups.partition_of(group_id);
+        let replicas = self.metadata.replicas(OFFSETS_TOPIC, partition)?;
+        self.view_of(OFFSETS_TOPIC, partition, replicas).leader
     }
 
     /// The advertised address of this node (first advertised listener).

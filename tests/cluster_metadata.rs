@@ -109,6 +109,23 @@ async fn converged(nodes: &[&str], topic: &str, accept: impl Fn(&View) -> bool) 
     }
 }
 
+/// CreateTopics (v7) of one topic with a replication factor.
+async fn create_topic(
+    conn: &mut KafkaConnection,
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+) -> Result<kafka_protocol::messages::CreateTopicsResponse> {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    let request = kafka_protocol::messages::CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(admin::topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(replication_factor)]);
+    conn.send(7, &request).await
+}
+
 /// The controllers (metadata voters) a node lists in DescribeCluster.
 async fn controllers(bootstrap: &str) -> Result<BTreeSet<i32>> {
     let mut conn = KafkaConnection::connect(bootstrap).await?;
@@ -168,19 +185,7 @@ async fn three_nodes_share_metadata_and_refuse_a_foreign_node() -> Result<()> {
 
     // A topic created through node 2 is on every node, spread evenly.
     let mut conn = KafkaConnection::connect(all[1]).await?;
-    let created = conn
-        .send(
-            7,
-            &kafka_protocol::messages::CreateTopicsRequest::default()
-                .with_timeout_ms(30_000)
-                .with_topics(vec![
-                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-                        .with_name(admin::topic_name(&topic))
-                        .with_num_partitions(PARTITIONS)
-                        .with_replication_factor(1),
-                ]),
-        )
-        .await?;
+    let created = create_topic(&mut conn, &topic, PARTITIONS, 1).await?;
     ensure!(
         created.topics.iter().all(|t| t.error_code == 0),
         "CreateTopics: {:?}",
@@ -219,19 +224,7 @@ async fn three_nodes_share_metadata_and_refuse_a_foreign_node() -> Result<()> {
     }
 
     // A topic with more replicas than replication supports today is refused.
-    let refused = conn
-        .send(
-            7,
-            &kafka_protocol::messages::CreateTopicsRequest::default()
-                .with_timeout_ms(30_000)
-                .with_topics(vec![
-                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-                        .with_name(admin::topic_name(&format!("{topic}-rf4")))
-                        .with_num_partitions(1)
-                        .with_replication_factor(4),
-                ]),
-        )
-        .await?;
+    let refused = create_topic(&mut conn, &format!("{topic}-rf4"), 1, 4).await?;
     ensure!(
         refused.topics[0].error_code
             == kafka_protocol::error::ResponseError::InvalidReplicationFactor.code(),
@@ -351,19 +344,7 @@ async fn three_nodes_share_metadata_and_refuse_a_foreign_node() -> Result<()> {
     converged(&everyone, &topic, |v| v.brokers.len() == NODES + 1).await?;
     let wider = unique_topic("cluster-wider");
     let mut conn = KafkaConnection::connect(learner.bootstrap()).await?;
-    let created = conn
-        .send(
-            7,
-            &kafka_protocol::messages::CreateTopicsRequest::default()
-                .with_timeout_ms(30_000)
-                .with_topics(vec![
-                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-                        .with_name(admin::topic_name(&wider))
-                        .with_num_partitions(8)
-                        .with_replication_factor(1),
-                ]),
-        )
-        .await?;
+    let created = create_topic(&mut conn, &wider, 8, 1).await?;
     ensure!(
         created.topics.iter().all(|t| t.error_code == 0),
         "CreateTopics through the broker-only node: {:?}",

@@ -457,6 +457,11 @@ impl ClusterMetadata {
                 && self.transport.is_alive(broker as NodeId))
     }
 
+    /// One partition's replicas, without copying the whole topic.
+    pub fn replicas(&self, topic: &str, partition: i32) -> Option<Vec<i32>> {
+        self.read(|s| Some(s.topics.get(topic)?.replicas_of(partition).to_vec()))
+    }
+
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {
         self.read(|s| s.topics.get(name).cloned())
     }

@@ -172,14 +172,83 @@ pub(super) fn read_single<T: DeserializeOwned>(path: &Path) -> std::io::Result<O
     Ok(records.pop().map(|(_, value)| value))
 }
 
+/// A group's vote (saved atomically and synced: Raft's safety rests on it)
+/// and its committed log id (a hint, not synced: a lost or stale value only
+/// means re-learning it from the leader), each in its own file.
+pub(super) struct VoteFiles {
+    vote_path: PathBuf,
+    committed_path: PathBuf,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+// The save methods and `appended` return exactly what openraft's storage
+// trait methods return, so the callers pass them straight on.
+#[allow(clippy::result_large_err)]
+impl VoteFiles {
+    pub(super) fn open(vote_path: PathBuf, committed_path: PathBuf) -> std::io::Result<Self> {
+        Ok(VoteFiles {
+            vote: read_single(&vote_path)?,
+            committed: read_single::<Option<LogId<NodeId>>>(&committed_path)?.flatten(),
+            vote_path,
+            committed_path,
+        })
+    }
+
+    pub(super) fn vote(&self) -> Option<Vote<NodeId>> {
+        self.vote
+    }
+
+    pub(super) fn committed(&self) -> Option<LogId<NodeId>> {
+        self.committed
+    }
+
+    pub(super) fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes = encode_record(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        write_atomically(&self.vote_path, &bytes, true)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.vote = Some(*vote);
+        Ok(())
+    }
+
+    pub(super) fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = encode_record(&committed).map_err(|e| StorageIOError::write(&e))?;
+        write_atomically(&self.committed_path, &bytes, false)
+            .map_err(|e| StorageIOError::write(&e))?;
+        self.committed = committed;
+        Ok(())
+    }
+}
+
+/// Tells openraft how an append went, and returns it as a storage result.
+#[allow(clippy::result_large_err)]
+pub(super) fn appended<C: RaftTypeConfig<NodeId = NodeId>>(
+    callback: LogFlushed<C>,
+    result: std::io::Result<()>,
+) -> Result<(), StorageError<NodeId>> {
+    match result {
+        Ok(()) => {
+            callback.log_io_completed(Ok(()));
+            Ok(())
+        }
+        Err(e) => {
+            let error = StorageIOError::write_logs(&e);
+            callback.log_io_completed(Err(e));
+            Err(error.into())
+        }
+    }
+}
+
 struct LogInner<C: EntryTypes> {
     dir: PathBuf,
     file: File,
     /// Index → (file position of its record, entry).
     entries: BTreeMap<u64, (u64, C::Entry)>,
     end: u64,
-    vote: Option<Vote<NodeId>>,
-    committed: Option<LogId<NodeId>>,
+    votes: VoteFiles,
     last_purged: Option<LogId<NodeId>>,
 }
 
@@ -239,8 +308,7 @@ impl<C: EntryTypes> EntryLog<C> {
                 file,
                 entries,
                 end: good,
-                vote: read_single(&dir.join("vote"))?,
-                committed: read_single::<Option<LogId<NodeId>>>(&dir.join("committed"))?.flatten(),
+                votes: VoteFiles::open(dir.join("vote"), dir.join("committed"))?,
                 last_purged,
             })),
         })
@@ -332,33 +400,22 @@ impl<C: EntryTypes> RaftLogStorage<C> for EntryLog<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock();
-        let bytes = encode_record(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        write_atomically(&inner.dir.join("vote"), &bytes, true)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
-        inner.vote = Some(*vote);
-        Ok(())
+        self.inner.lock().votes.save_vote(vote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        Ok(self.inner.lock().vote)
+        Ok(self.inner.lock().votes.vote())
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock();
-        // A hint: a lost or stale value only means re-learning it from the leader.
-        let bytes = encode_record(&committed).map_err(|e| StorageIOError::write(&e))?;
-        write_atomically(&inner.dir.join("committed"), &bytes, false)
-            .map_err(|e| StorageIOError::write(&e))?;
-        inner.committed = committed;
-        Ok(())
+        self.inner.lock().votes.save_committed(committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.inner.lock().committed)
+        Ok(self.inner.lock().votes.committed())
     }
 
     async fn append<I>(
@@ -372,17 +429,7 @@ impl<C: EntryTypes> RaftLogStorage<C> for EntryLog<C> {
     {
         let entries: Vec<C::Entry> = entries.into_iter().collect();
         let result = self.inner.lock().append(entries);
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let error = StorageIOError::write_logs(&e);
-                callback.log_io_completed(Err(e));
-                Err(error.into())
-            }
-        }
+        appended(callback, result)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -46,6 +46,21 @@ impl Default for GroupTimers {
     }
 }
 
+impl GroupTimers {
+    /// `base` with these timers, named after the group, checked.
+    pub fn config(&self, id: GroupId, base: Config) -> anyhow::Result<Config> {
+        Config {
+            cluster_name: id.to_string(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            ..base
+        }
+        .validate()
+        .context("Raft timers")
+    }
+}
+
 /// A running entry group on this node.
 pub struct EntryGroup<C: EntryTypes, A> {
     pub id: GroupId,
@@ -86,15 +101,7 @@ where
                 dir.display()
             )
         })?;
-        let config = Config {
-            cluster_name: id.to_string(),
-            heartbeat_interval: timers.heartbeat_ms,
-            election_timeout_min: timers.election_timeout_min_ms,
-            election_timeout_max: timers.election_timeout_max_ms,
-            ..Config::default()
-        }
-        .validate()
-        .context("Raft timers")?;
+        let config = timers.config(id, Config::default())?;
         let network = GroupNetwork {
             transport: transport.clone(),
             group: id,

@@ -211,16 +211,13 @@ impl PartitionGroup {
         let store = PartitionStore::open(log, sync)
             .with_context(|| format!("opening the Raft log of partition group {id}"))?;
         let machine = PartitionMachine::new(log_start);
-        let config = Config {
-            cluster_name: id.to_string(),
-            heartbeat_interval: timers.heartbeat_ms,
-            election_timeout_min: timers.election_timeout_min_ms,
-            election_timeout_max: timers.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::Never,
-            ..Config::default()
-        }
-        .validate()
-        .context("Raft timers")?;
+        let config = timers.config(
+            id,
+            Config {
+                snapshot_policy: SnapshotPolicy::Never,
+                ..Config::default()
+            },
+        )?;
         let network = GroupNetwork {
             transport: transport.clone(),
             group: id,

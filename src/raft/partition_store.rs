@@ -40,7 +40,9 @@ use openraft::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::entry_log::{decode_records, encode_record, io_error, read_single, write_atomically};
+use super::entry_log::{
+    appended, decode_records, encode_record, io_error, write_atomically, VoteFiles,
+};
 use super::types::NodeId;
 use crate::log::{AppendError, AppendInfo, PartitionLog};
 
@@ -106,8 +108,7 @@ struct Inner {
     index_end: u64,
     entries: BTreeMap<u64, Indexed>,
     last_purged: Option<LogId<NodeId>>,
-    vote: Option<Vote<NodeId>>,
-    committed: Option<LogId<NodeId>>,
+    votes: VoteFiles,
     /// Sync the segments and the index before an append counts as flushed
     /// (`--fsync always`); otherwise they are flushed on the interval.
     sync: bool,
@@ -162,8 +163,7 @@ impl PartitionStore {
             }
         }
         let mut inner = Inner {
-            vote: read_single(&dir.join(VOTE_FILE))?,
-            committed: read_single::<Option<LogId<NodeId>>>(&dir.join(COMMITTED_FILE))?.flatten(),
+            votes: VoteFiles::open(dir.join(VOTE_FILE), dir.join(COMMITTED_FILE))?,
             dir,
             log,
             index,
@@ -400,33 +400,22 @@ impl RaftLogStorage<PartitionTypes> for PartitionStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock();
-        let bytes = encode_record(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        write_atomically(&inner.dir.join(VOTE_FILE), &bytes, true)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
-        inner.vote = Some(*vote);
-        Ok(())
+        self.inner.lock().votes.save_vote(vote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        Ok(self.inner.lock().vote)
+        Ok(self.inner.lock().votes.vote())
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock();
-        // A hint: a lost or stale value only means re-learning it from the leader.
-        let bytes = encode_record(&committed).map_err(|e| StorageIOError::write(&e))?;
-        write_atomically(&inner.dir.join(COMMITTED_FILE), &bytes, false)
-            .map_err(|e| StorageIOError::write(&e))?;
-        inner.committed = committed;
-        Ok(())
+        self.inner.lock().votes.save_committed(committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.inner.lock().committed)
+        Ok(self.inner.lock().votes.committed())
     }
 
     async fn append<I>(
@@ -440,17 +429,7 @@ impl RaftLogStorage<PartitionTypes> for PartitionStore {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let result = self.inner.lock().append(entries);
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let error = StorageIOError::write_logs(&e);
-                callback.log_io_completed(Err(e));
-                Err(error.into())
-            }
-        }
+        appended(callback, result)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

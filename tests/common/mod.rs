@@ -189,18 +189,7 @@ impl Broker {
             node.process_mut()?.controller_port = Some(free_port()?);
             nodes.push(node);
         }
-        let voters = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                Ok(format!(
-                    "{}@{}",
-                    i + 1,
-                    n.controller_address().context("controller")?
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?
-            .join(",");
+        let voters = quorum_voters(&nodes)?;
         for (i, node) in nodes.iter_mut().enumerate() {
             node.process_mut()?.extra_args.extend([
                 "--node-id".to_string(),
@@ -239,18 +228,7 @@ impl Broker {
     /// Like [`Broker::join_cluster`], with the process not started yet
     /// (start it with [`Broker::spawn_again`]).
     pub fn prepare_join(voters: &[Broker], node_id: i32, extra_args: &[&str]) -> Result<Broker> {
-        let quorum = voters
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                Ok(format!(
-                    "{}@{}",
-                    i + 1,
-                    n.controller_address().context("controller")?
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?
-            .join(",");
+        let quorum = quorum_voters(voters)?;
         let mut node = Broker::prepare(extra_args, None)?;
         let process = node.process_mut()?;
         process.controller_port = Some(free_port()?);
@@ -433,6 +411,22 @@ impl Broker {
             .as_mut()
             .ok_or_else(|| anyhow!("no process control over external broker {}", self.bootstrap))
     }
+}
+
+/// `controller.quorum.voters` for `nodes` as node ids 1, 2, ...
+fn quorum_voters(nodes: &[Broker]) -> Result<String> {
+    Ok(nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            Ok(format!(
+                "{}@{}",
+                i + 1,
+                n.controller_address().context("controller")?
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .join(","))
 }
 
 impl Drop for Broker {

@@ -94,6 +94,21 @@ async fn start(
     Replica { group, log, stop }
 }
 
+/// Loopback listeners for nodes 1..=3, and the voters they make.
+async fn three_listeners() -> (BTreeMap<NodeId, TcpListener>, BTreeMap<NodeId, BasicNode>) {
+    let mut listeners = BTreeMap::new();
+    let mut voters = BTreeMap::new();
+    for node in 1..=3u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        voters.insert(
+            node,
+            BasicNode::new(listener.local_addr().expect("addr").to_string()),
+        );
+        listeners.insert(node, listener);
+    }
+    (listeners, voters)
+}
+
 async fn leader_seen_by(replica: &Replica, not: Option<NodeId>) -> NodeId {
     let metrics = replica
         .group
@@ -136,16 +151,7 @@ async fn three_replicas_commit_the_same_offsets_fail_over_and_catch_up() {
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let mut listeners = BTreeMap::new();
-    let mut voters = BTreeMap::new();
-    for node in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        voters.insert(
-            node,
-            BasicNode::new(listener.local_addr().expect("addr").to_string()),
-        );
-        listeners.insert(node, listener);
-    }
+    let (mut listeners, voters) = three_listeners().await;
     let dir = |node: NodeId| dirs[node as usize - 1].path().to_path_buf();
     let mut running: BTreeMap<NodeId, Replica> = BTreeMap::new();
     for node in [3, 1, 2] {
@@ -215,16 +221,7 @@ async fn an_old_leader_truncates_what_it_appended_but_never_committed() {
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let mut listeners = BTreeMap::new();
-    let mut voters = BTreeMap::new();
-    for node in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        voters.insert(
-            node,
-            BasicNode::new(listener.local_addr().expect("addr").to_string()),
-        );
-        listeners.insert(node, listener);
-    }
+    let (mut listeners, voters) = three_listeners().await;
     let dir = |node: NodeId| dirs[node as usize - 1].path().to_path_buf();
     let mut running: BTreeMap<NodeId, Replica> = BTreeMap::new();
     for node in 1..=3 {
