@@ -24,7 +24,21 @@ use crate::coordinator::group_coordinator::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::producer_id::ProducerIdManager;
 use crate::log::dir_lock::LogDirLock;
 use crate::log::{file_cache, LogConfig};
-use crate::replica::{Opened, ReplicaManager, TopicPartition, REOPEN_CHECK_INTERVAL};
+use crate::raft::group::GroupTimers;
+use crate::replica::{
+    GroupContext, Opened, ReplicaManager, TopicPartition, Voters, REOPEN_CHECK_INTERVAL,
+};
+
+/// Threads that create a new topic's partitions.
+const CREATE_THREADS: usize = 8;
+
+/// How long CreateTopics and CreatePartitions wait for the new partitions
+/// to elect leaders before they answer.
+const NEW_PARTITION_LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the first node waits for `offsets.topic.replication.factor`
+/// brokers before it creates `__consumer_offsets` with fewer replicas.
+const OFFSETS_TOPIC_BROKERS_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything the API handlers share.
 pub struct Broker {
@@ -105,9 +119,17 @@ impl Broker {
                 format!("{}:{}", voter.host, voter.port),
             );
         }
+        let context = GroupContext {
+            node: config.node_id as crate::raft::NodeId,
+            transport: transport.clone(),
+            registry: registry.clone(),
+            timers: GroupTimers::default(),
+            runtime: tokio::runtime::Handle::current(),
+            shutdown: shutdown.clone(),
+        };
         let metadata = ClusterMetadata::start(&config, transport, registry, shutdown).await?;
         let opened = tokio::task::spawn_blocking(move || {
-            Broker::open(config, config_sources, dir_lock, metadata)
+            Broker::open(config, config_sources, dir_lock, metadata, context)
         })
         .await??;
         Ok(Started {
@@ -122,8 +144,9 @@ impl Broker {
         config_sources: ConfigSources,
         dir_lock: LogDirLock,
         metadata: ClusterMetadata,
+        context: GroupContext,
     ) -> anyhow::Result<Broker> {
-        let replicas = ReplicaManager::new(&config);
+        let replicas = ReplicaManager::new(&config, context);
         let producer_ids = ProducerIdManager::new();
         let groups = Arc::new(GroupCoordinator::new(&config));
         let broker = Broker {
@@ -148,6 +171,7 @@ impl Broker {
                     TopicPartition::new(&topic.name, partition),
                     topic.id,
                     log_config.clone(),
+                    broker.voters(&topic, partition),
                 );
                 if matches!(opened, Opened::Deferred(_)) {
                     deferred += 1;
@@ -180,12 +204,29 @@ impl Broker {
             "segment.bytes".to_string(),
             self.config.offsets_topic_segment_bytes.to_string(),
         );
-        // Every partition has one replica until partition groups replicate
-        // them (offsets.topic.replication.factor is not applied yet).
+        // offsets.topic.replication.factor over the brokers alive now: the
+        // first node up waits a moment for the others, then takes what it
+        // has (Kafka instead creates the topic on the first FindCoordinator).
+        let wanted = self.config.offsets_topic_replication_factor.max(1);
+        let deadline = std::time::Instant::now() + OFFSETS_TOPIC_BROKERS_WAIT;
+        let mut alive = self.metadata.alive_brokers().len();
+        while alive < wanted as usize && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            self.metadata.connect_registered();
+            alive = self.metadata.alive_brokers().len();
+        }
+        let replication_factor = wanted.min(alive.max(1) as i16);
+        if replication_factor < wanted {
+            tracing::warn!(
+                wanted,
+                replication_factor,
+                "creating {OFFSETS_TOPIC} with fewer replicas than offsets.topic.replication.factor: not enough brokers are up"
+            );
+        }
         match self.create_topic_as(
             OFFSETS_TOPIC,
             self.config.offsets_topic_num_partitions,
-            1,
+            replication_factor,
             configs,
             true,
         ) {
@@ -263,12 +304,6 @@ impl Broker {
     ) -> Result<TopicMeta, KafkaError> {
         let _changes = self.metadata.lock_changes();
         self.check_new_topic(name, partitions, &configs)?;
-        if replication_factor > 1 {
-            return Err((
-                ResponseError::InvalidReplicationFactor,
-                format!("Replication factor {replication_factor} is not supported yet: partitions are not replicated across nodes (issue 9, in progress)."),
-            ));
-        }
         let topic = TopicMeta {
             name: name.to_string(),
             id: uuid::Uuid::new_v4(),
@@ -282,8 +317,36 @@ impl Broker {
             self.remove_logs(&topic, 0);
             return Err(e);
         }
-        tracing::info!(topic = name, partitions, "created topic");
+        self.await_leaders(&topic, 0);
+        tracing::info!(
+            topic = name,
+            partitions,
+            replication_factor,
+            "created topic"
+        );
         Ok(topic)
+    }
+
+    /// Waits (at most [`NEW_PARTITION_LEADER_WAIT`] in all) until the new
+    /// partitions `from..` hosted here know a leader, so that a client's
+    /// first produce after CreateTopics finds one, as it does on Kafka.
+    /// Partitions still without one get LEADER_NOT_AVAILABLE in Metadata
+    /// and the client retries. Blocking.
+    fn await_leaders(&self, topic: &TopicMeta, from: i32) {
+        let groups: Vec<_> = self
+            .hosted_partitions(topic, from)
+            .into_iter()
+            .filter_map(|p| self.replicas.get(&topic.name, p)?.group())
+            .collect();
+        let waits = futures::future::join_all(
+            groups
+                .iter()
+                .map(|g| g.wait_leader(NEW_PARTITION_LEADER_WAIT)),
+        );
+        let _ = self
+            .metadata
+            .runtime()
+            .block_on(tokio::time::timeout(NEW_PARTITION_LEADER_WAIT, waits));
     }
 
     /// Replica lists for partitions `first..first + count` over the alive
@@ -305,6 +368,28 @@ impl Broker {
             })
             .collect();
         placement::assign(&candidates, first, count, replication_factor, start)
+    }
+
+    /// Why a request for a partition this node has not open fails: its log
+    /// is not open yet (KAFKA_STORAGE_ERROR, retried in the background),
+    /// another node holds it (NOT_LEADER_OR_FOLLOWER), or it does not exist.
+    pub fn missing_partition_error(&self, topic: &str, partition: i32) -> ResponseError {
+        if self.replicas.is_offline(topic, partition) {
+            ResponseError::KafkaStorageError
+        } else if self
+            .metadata
+            .replicas(topic, partition)
+            .is_some_and(|r| !r.is_empty())
+        {
+            ResponseError::NotLeaderOrFollower
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        }
+    }
+
+    /// The voters of one partition's Raft group: its replicas.
+    fn voters(&self, topic: &TopicMeta, partition: i32) -> Voters {
+        self.metadata.group_voters(topic.replicas_of(partition))
     }
 
     /// The partitions of `topic` from `from` on that have a replica here.
@@ -345,36 +430,54 @@ impl Broker {
     /// `partition.metadata`. On failure removes the ones it created.
     fn create_logs(&self, topic: &TopicMeta, from: i32) -> Result<(), KafkaError> {
         let log_config = self.log_config(topic);
-        for partition in self.hosted_partitions(topic, from) {
+        let hosted = self.hosted_partitions(topic, from);
+        let create = |partition: i32| -> Result<(), String> {
             let tp = TopicPartition::new(&topic.name, partition);
             let dir = self.replicas.log_dir().join(tp.dir_name());
-            let created = move_aside_leftover(&dir)
-                .and_then(|()| {
-                    self.replicas
-                        .open_partition(tp, topic.id, log_config.clone())
-                        .map_err(|e| e.to_string())
+            move_aside_leftover(&dir)?;
+            self.replicas
+                .open_partition(
+                    tp,
+                    topic.id,
+                    log_config.clone(),
+                    self.voters(topic, partition),
+                )
+                .map_err(|e| e.to_string())?;
+            partition_dirs::write_partition_metadata(&dir, topic.id).map_err(|e| e.to_string())
+        };
+        // Each new partition costs a few fsyncs (its files, its Raft vote):
+        // several threads overlap them, so a wide topic is created in
+        // seconds, not one fsync after another.
+        let chunk = hosted.len().div_ceil(CREATE_THREADS).max(1);
+        let failed: Option<(i32, String)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = hosted
+                .chunks(chunk)
+                .map(|partitions| {
+                    scope.spawn(|| {
+                        partitions
+                            .iter()
+                            .find_map(|&p| create(p).err().map(|e| (p, e)))
+                    })
                 })
-                .and_then(|_| {
-                    partition_dirs::write_partition_metadata(&dir, topic.id)
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(e) = created {
-                tracing::error!(topic = %topic.name, partition, error = %e, "creating a partition failed; undoing the creation");
-                self.remove_logs(
-                    &TopicMeta {
-                        partitions: partition + 1,
-                        ..topic.clone()
-                    },
-                    from,
-                );
-                return Err((
-                    ResponseError::KafkaStorageError,
-                    format!(
-                        "Cannot create partition {}-{partition}: {e}. Nothing was created.",
-                        topic.name
-                    ),
-                ));
-            }
+                .collect();
+            workers
+                .into_iter()
+                .filter_map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Some((-1, "a creating thread panicked".to_string())))
+                })
+                .next()
+        });
+        if let Some((partition, e)) = failed {
+            tracing::error!(topic = %topic.name, partition, error = %e, "creating a partition failed; undoing the creation");
+            self.remove_logs(topic, from);
+            return Err((
+                ResponseError::KafkaStorageError,
+                format!(
+                    "Cannot create partition {}-{partition}: {e}. Nothing was created.",
+                    topic.name
+                ),
+            ));
         }
         Ok(())
     }
@@ -468,7 +571,10 @@ impl Broker {
         grown.replicas.extend(added.iter().cloned());
         self.create_logs(&grown, before.partitions)?;
         match self.metadata.add_partitions(name, before.partitions, added) {
-            Ok(topic) => Ok(topic),
+            Ok(topic) => {
+                self.await_leaders(&topic, before.partitions);
+                Ok(topic)
+            }
             Err(e) => {
                 self.remove_logs(&grown, before.partitions);
                 Err(e)
@@ -596,10 +702,12 @@ impl Broker {
                                 continue;
                             }
                         }
-                        if let Opened::Online(_) =
-                            self.replicas
-                                .open_partition_or_defer(tp, topic.id, log_config.clone())
-                        {
+                        if let Opened::Online(_) = self.replicas.open_partition_or_defer(
+                            tp,
+                            topic.id,
+                            log_config.clone(),
+                            self.voters(topic, partition),
+                        ) {
                             if let Err(e) = partition_dirs::write_partition_metadata(&dir, topic.id)
                             {
                                 tracing::error!(dir = %dir.display(), error = %e, "writing partition.metadata failed");
@@ -612,9 +720,7 @@ impl Broker {
         }
     }
 
-    /// Who leads one partition of `topic`. Each partition has one replica
-    /// until partition groups replicate them: it leads while it is alive
-    /// (here: while its log is open and online).
+    /// Who leads one partition of `topic`, as this node knows it.
     pub fn partition_view(&self, topic: &TopicMeta, partition: i32) -> PartitionView {
         self.view_of(
             &topic.name,
@@ -623,30 +729,50 @@ impl Broker {
         )
     }
 
+    /// A replica here answers from its Raft group: the leader it knows (if
+    /// alive), the term as the leader epoch, and, on the leader, the ISR.
+    /// A node with no replica of the partition names the first alive
+    /// replica (a guess a client corrects with NOT_LEADER_OR_FOLLOWER).
     fn view_of(&self, topic: &str, partition: i32, replicas: Vec<i32>) -> PartitionView {
-        let Some(&first) = replicas.first() else {
-            return PartitionView {
-                leader: None,
-                leader_epoch: -1,
-                replicas,
-                isr: Vec::new(),
-                offline: Vec::new(),
-            };
-        };
-        let (online, leader_epoch) = if first == self.config.node_id {
-            match self.replicas.get(topic, partition) {
-                Some(p) if !p.is_offline() => (true, p.leader_epoch()),
-                _ => (false, -1),
+        let alive = |id: i32| self.metadata.is_alive(id);
+        let offline: Vec<i32> = replicas.iter().copied().filter(|&r| !alive(r)).collect();
+        let local = self
+            .replicas
+            .get(topic, partition)
+            .filter(|_| replicas.contains(&self.config.node_id));
+        let (leader, leader_epoch, isr) = match local {
+            Some(p) if p.is_offline() => (None, -1, Vec::new()),
+            Some(p) => {
+                let l = p.leadership();
+                let epoch = i32::try_from(l.term).unwrap_or(i32::MAX);
+                let leader = l.leader.map(|n| n as i32).filter(|&n| alive(n));
+                let isr = p
+                    .group()
+                    .and_then(|g| {
+                        g.in_sync(
+                            Duration::from_millis(self.config.replica_lag_time_max_ms),
+                            |n| alive(n as i32),
+                        )
+                    })
+                    .map(|isr| isr.into_iter().map(|n| n as i32).collect())
+                    .unwrap_or_else(|| replicas.iter().copied().filter(|&r| alive(r)).collect());
+                (leader, epoch, isr)
             }
-        } else {
-            (self.metadata.is_alive(first), 0)
+            None => {
+                let guess = replicas
+                    .iter()
+                    .copied()
+                    .find(|&r| r != self.config.node_id && alive(r));
+                let isr = replicas.iter().copied().filter(|&r| alive(r)).collect();
+                (guess, 0, isr)
+            }
         };
         PartitionView {
-            leader: online.then_some(first),
+            leader,
             leader_epoch,
-            isr: if online { vec![first] } else { Vec::new() },
-            offline: if online { Vec::new() } else { vec![first] },
             replicas,
+            isr,
+            offline,
         }
     }
 

@@ -119,6 +119,9 @@ pub struct BrokerConfig {
     pub offsets_topic_replication_factor: i16,
     /// `min.insync.replicas`, the broker default of the topic config.
     pub min_insync_replicas: i32,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with the
+    /// leader for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
     pub advertised_listeners: Vec<Listener>,
     pub log_dirs: PathBuf,
     pub num_partitions: i32,
@@ -226,6 +229,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     // Kafka's default is unlimited; every limit here has a finite value.
     ("group.max.size", "10000"),
     ("broker.rack", ""),
+    ("replica.lag.time.max.ms", "30000"),
     // ---- Resource limits (request memory, descriptors) ----
     // Kafka's name; Kafka's default is -1 (unlimited). 256 MiB: room for two
     // requests of the largest size (socket.request.max.bytes, 100 MiB) plus
@@ -483,6 +487,7 @@ impl ConfigSources {
             voters,
             offsets_topic_replication_factor,
             min_insync_replicas: self.num("min.insync.replicas")?,
+            replica_lag_time_max_ms: self.num("replica.lag.time.max.ms")?,
             advertised_listeners: advertised,
             log_dirs: PathBuf::from(
                 self.get("log.dirs")
@@ -1138,6 +1143,13 @@ const PROPERTIES: &[PropertyDef] = &[
         V::Any,
         RO,
         "Largest session timeout a group member may ask for.",
+    ),
+    def(
+        "replica.lag.time.max.ms",
+        T::Long,
+        V::AtLeast(1),
+        RO,
+        "A follower that has not caught up with its leader for this long leaves the ISR.",
     ),
     def(
         "group.initial.rebalance.delay.ms",

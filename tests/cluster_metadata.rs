@@ -8,8 +8,8 @@
 //! a broker-only node joins without restarting the others and takes
 //! partitions; a topic deleted through one node leaves every node's disk.
 //!
-//! Partitions have one replica each here: replication across nodes is not
-//! built yet (issue 9), and topics with more replicas are refused.
+//! Topics here have one replica per partition; `cluster_replication.rs`
+//! covers replicated ones.
 
 mod common;
 
@@ -49,10 +49,13 @@ async fn view(bootstrap: &str, topic: &str) -> Result<View> {
     let metadata = conn
         .send(
             12,
-            &MetadataRequest::default().with_topics(Some(vec![
-                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                    .with_name(Some(admin::topic_name(topic))),
-            ])),
+            // Looking must not create it (auto.create.topics.enable is on).
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(false)
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(admin::topic_name(topic))),
+                ])),
         )
         .await?;
     let described = conn.send(0, &DescribeClusterRequest::default()).await?;
@@ -223,7 +226,7 @@ async fn three_nodes_share_metadata_and_refuse_a_foreign_node() -> Result<()> {
         }
     }
 
-    // A topic with more replicas than replication supports today is refused.
+    // More replicas than alive brokers is refused.
     let refused = create_topic(&mut conn, &format!("{topic}-rf4"), 1, 4).await?;
     ensure!(
         refused.topics[0].error_code

@@ -126,7 +126,7 @@ fn check_new_topic(
             if a.broker_ids.len() != 1 || a.broker_ids[0] != node {
                 return Err((
                     ResponseError::InvalidReplicaAssignment,
-                    format!("Partition {} may only be assigned to broker {node} (replication is not available yet).", a.partition_index),
+                    format!("Partition {} may only be assigned to broker {node}: manual assignments of other brokers or of several replicas are not supported yet.", a.partition_index),
                 ));
             }
         }
@@ -143,10 +143,11 @@ fn check_new_topic(
             ));
         }
         partitions = indexes.len() as i32;
-    } else if replication_factor != 1 {
+    } else if replication_factor < 1 {
+        // More replicas than alive brokers is refused by placement.
         return Err((
             ResponseError::InvalidReplicationFactor,
-            format!("Replication factor {replication_factor} is not supported: this cluster has 1 broker and replication is not available yet."),
+            "Replication factor must be larger than 0, or -1 to use the default value.".into(),
         ));
     }
     let mut configs = BTreeMap::new();

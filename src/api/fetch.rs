@@ -61,14 +61,10 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -
             let partition = match &name {
                 None if version >= 13 => Err(ResponseError::UnknownTopicId),
                 None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(name) => broker.replicas.get(name, p.partition).ok_or(
-                    // Not opened yet (retried in the background): retriable.
-                    if broker.replicas.is_offline(name, p.partition) {
-                        ResponseError::KafkaStorageError
-                    } else {
-                        ResponseError::UnknownTopicOrPartition
-                    },
-                ),
+                Some(name) => broker
+                    .replicas
+                    .get(name, p.partition)
+                    .ok_or_else(|| broker.missing_partition_error(name, p.partition)),
             };
             slots.push(Slot {
                 topic_index,
@@ -183,8 +179,12 @@ fn read_pass(slots: &[Slot], max_bytes: usize) -> Vec<Answer> {
                 log_start_offset,
                 records: Bytes::new(),
             };
+            // Consumers read from the leader only (no KIP-392 follower fetching).
+            let epoch = match partition.led_epoch() {
+                Ok(epoch) => epoch,
+                Err(_) => return error_answer(ResponseError::NotLeaderOrFollower),
+            };
             if slot.current_leader_epoch >= 0 {
-                let epoch = partition.leader_epoch();
                 if slot.current_leader_epoch < epoch {
                     answer.error = Some(ResponseError::FencedLeaderEpoch);
                     return answer;

@@ -50,7 +50,11 @@ pub async fn handle(
                             -1
                         };
                         match b.replicas.get(&topic.name, p.partition_index) {
-                            None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                            None => {
+                                r.error_code = b
+                                    .missing_partition_error(&topic.name, p.partition_index)
+                                    .code()
+                            }
                             Some(partition) => {
                                 match lookup(&partition, p.timestamp, epoch_to_check) {
                                     Ok((offset, timestamp)) => {
@@ -114,11 +118,14 @@ fn lookup(
     }
 }
 
+/// The leader's checks: this node leads, in the epoch the client knows.
 fn check_epoch(partition: &Partition, current_leader_epoch: i32) -> Result<(), ResponseError> {
+    let epoch = partition
+        .led_epoch()
+        .map_err(|_| ResponseError::NotLeaderOrFollower)?;
     if current_leader_epoch < 0 {
         return Ok(());
     }
-    let epoch = partition.leader_epoch();
     if current_leader_epoch < epoch {
         Err(ResponseError::FencedLeaderEpoch)
     } else if current_leader_epoch > epoch {
@@ -146,21 +153,19 @@ pub fn offset_for_leader_epoch(
                     let mut r = EpochEndOffset::default();
                     r.partition = p.partition;
                     match broker.replicas.get(&topic.topic, p.partition) {
-                        None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                        None => {
+                            r.error_code = broker
+                                .missing_partition_error(&topic.topic, p.partition)
+                                .code()
+                        }
                         Some(partition) => match check_epoch(&partition, p.current_leader_epoch) {
                             Err(code) => r.error_code = code.code(),
                             Ok(()) => {
-                                // Every batch so far was written in the current
-                                // epoch, so it ends at the log end; earlier
-                                // epochs are unknown (-1, -1), as in Kafka.
-                                let epoch = partition.leader_epoch();
-                                if p.leader_epoch == epoch {
-                                    r.leader_epoch = epoch;
-                                    r.end_offset = partition.log_end_offset();
-                                } else {
-                                    r.leader_epoch = -1;
-                                    r.end_offset = -1;
-                                }
+                                // From the partition's epoch map (Kafka's
+                                // leader-epoch-checkpoint), for any past epoch.
+                                let (epoch, end) = partition.end_offset_for_epoch(p.leader_epoch);
+                                r.leader_epoch = epoch;
+                                r.end_offset = end;
                             }
                         },
                     }

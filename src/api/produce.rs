@@ -7,13 +7,19 @@
 //! partition whose records break a rule is refused whole, and Produce v8+
 //! answers carry the per-record errors (`record_errors`) and a summary.
 //!
-//! With `--fsync always` the answer waits for the fsync that covers the
-//! append, but the append itself is done before this handler returns: the
-//! response comes back as [`Outcome::Later`], so the connection can append
-//! the client's next pipelined produce while the disk works, and one fsync
-//! (the partition's group commit) covers both.
+//! Each partition is a Raft group: validation runs here, on a blocking
+//! thread, and the validated batches are handed to the group's Raft, which
+//! the leader's store appends (assigning offsets) in the order they were
+//! handed over. The handler returns once every partition's batches are
+//! handed over, with the answer as [`Outcome::Later`], so the connection
+//! can hand over the client's next pipelined produce (in order) while this
+//! one waits: for its commit (acks=all: a majority holds it, and with
+//! `--fsync always` has synced it), or for the leader's own append (acks=1,
+//! which a failover can lose, as in Kafka). Every wait ends by the request's
+//! `timeout_ms` (REQUEST_TIMED_OUT).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -26,7 +32,8 @@ use uuid::Uuid;
 
 use super::Outcome;
 use crate::broker::{now_ms, Broker};
-use crate::log::{AppendError, AppendInfo, RecordError};
+use crate::log::{validate_produce, AppendError, AppendInfo, RecordError, Validated};
+use crate::raft::partition_group::ProduceError;
 use crate::replica::Partition;
 
 /// One partition's slice of the request, resolved to a partition (or an error).
@@ -56,9 +63,13 @@ impl From<(ResponseError, String)> for Refusal {
     }
 }
 
-/// An appended partition whose answer waits for its fsync: the index of its
-/// [`Work`], the partition, and the offset everything below which must be durable.
-type PendingSync = (usize, Arc<Partition>, i64);
+/// Partitions whose batches passed validation: the index of their
+/// [`Work`], the partition, and the batches ready for its group.
+type Checked = (usize, Arc<Partition>, Validated);
+
+/// How long a produce waits for its answer when the client asks for no
+/// timeout (or a negative one): Kafka's default `request.timeout.ms`.
+const PRODUCE_WAIT_DEFAULT_MS: u64 = 30_000;
 
 pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Outcome {
     let acks = request.acks;
@@ -116,46 +127,81 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
 
     let b = broker.clone();
     let names: Vec<Option<String>> = topics.iter().map(|t| t.2.clone()).collect();
-    let appended = super::blocking(move || {
+    let checked = super::blocking(move || {
         let now = now_ms();
-        let mut syncs: Vec<PendingSync> = Vec::new();
+        let mut checked: Vec<Checked> = Vec::new();
         for (index, item) in work.iter_mut().enumerate() {
             if item.result.is_some() {
                 continue;
             }
             let name = names[item.topic_index].as_deref().unwrap_or_default();
             let Some(target) = b.replicas.get(name, item.partition_index) else {
-                // A partition whose log could not be opened yet is retried
-                // in the background: a retriable storage error, not "unknown".
-                let code = if b.replicas.is_offline(name, item.partition_index) {
-                    ResponseError::KafkaStorageError
-                } else {
-                    ResponseError::UnknownTopicOrPartition
-                };
+                let code = b.missing_partition_error(name, item.partition_index);
                 item.result = Some(Err((code, String::new()).into()));
                 continue;
             };
-            let result = append_one(&target, name, item.records.take(), now, version);
-            if let Ok(info) = &result {
-                if target.sync_before_ack() {
-                    syncs.push((index, target, info.last_offset + 1));
-                }
+            if target.is_offline() {
+                item.result = Some(Err((ResponseError::KafkaStorageError, String::new()).into()));
+                continue;
             }
-            item.result = Some(result);
+            if let Err(leader) = target.led_epoch() {
+                item.result = Some(Err(not_leader(leader)));
+                continue;
+            }
+            match validate_one(&target, name, item.records.take(), now, version) {
+                Ok(validated) => checked.push((index, target, validated)),
+                Err(refusal) => item.result = Some(Err(refusal)),
+            }
         }
-        (work, syncs)
+        (work, checked, now)
     })
     .await;
-    let (work, syncs) = match appended {
+    let (mut work, checked, now) = match checked {
         Ok(done) => done,
         Err((_, message)) => return Outcome::Close(format!("produce failed: {message}")),
     };
 
+    // Hand the batches over in request order (which is what orders a
+    // client's pipelined produces), after the acks=all ISR check.
+    let wait = Duration::from_millis(
+        u64::try_from(request.timeout_ms)
+            .ok()
+            .filter(|&t| t > 0)
+            .unwrap_or(PRODUCE_WAIT_DEFAULT_MS),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let lag_max = Duration::from_millis(broker.config.replica_lag_time_max_ms);
+    let mut pending = Vec::with_capacity(checked.len());
+    for (index, partition, validated) in checked {
+        let Some(group) = partition.group() else {
+            work[index].result = Some(Err(not_leader(None)));
+            continue;
+        };
+        if acks == -1 {
+            let required = partition.log_config().min_insync_replicas as usize;
+            let in_sync = group
+                .in_sync(lag_max, |n| broker.metadata.is_alive(n as i32))
+                .map_or(0, |isr| isr.len());
+            if in_sync < required {
+                work[index].result = Some(Err((
+                    ResponseError::NotEnoughReplicas,
+                    format!("{in_sync} replicas are in sync; min.insync.replicas is {required}."),
+                )
+                    .into()));
+                continue;
+            }
+        }
+        match tokio::time::timeout_at(deadline, group.submit(validated, now)).await {
+            Ok(Ok(p)) => pending.push((index, p)),
+            Ok(Err(e)) => work[index].result = Some(Err(produce_error(e))),
+            Err(_) => work[index].result = Some(Err(timed_out())),
+        }
+    }
+
     if acks == 0 {
-        if !syncs.is_empty() {
-            // Nobody waits for the answer, but the data is committed (and so
-            // readable) only once synced.
-            tokio::spawn(wait_for_syncs(syncs));
+        // Nobody waits for the answer; the appends go on without it.
+        for (_, p) in pending {
+            tokio::spawn(p.appended());
         }
         // Kafka closes the connection when an acks=0 produce fails, the only
         // way such a client can notice.
@@ -169,39 +215,60 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
             None => Outcome::NoResponse,
         };
     }
-    if syncs.is_empty() {
+    if pending.is_empty() {
         return respond(version, topics, work);
     }
     Outcome::Later(Box::pin(async move {
-        let mut work = work;
-        for (index, failure) in wait_for_syncs(syncs).await {
+        let waits = pending.into_iter().map(|(index, p)| async move {
+            let outcome = if acks == 1 {
+                tokio::time::timeout_at(deadline, p.appended()).await
+            } else {
+                tokio::time::timeout_at(deadline, p.committed()).await
+            };
+            let result = match outcome {
+                Err(_) => Err(timed_out()),
+                Ok(Err(e)) => Err(produce_error(e)),
+                Ok(Ok(appended)) => appended.map_err(|e| append_refusal(e, version)),
+            };
+            (index, result)
+        });
+        for (index, result) in futures::future::join_all(waits).await {
             if let Some(item) = work.get_mut(index) {
-                item.result = Some(Err(failure.into()));
+                item.result = Some(result);
             }
         }
         respond(version, topics, work)
     }))
 }
 
-/// Runs the fsyncs (group commits) the appends need, all partitions at once;
-/// returns the ones that failed, by [`Work`] index.
-async fn wait_for_syncs(syncs: Vec<PendingSync>) -> Vec<(usize, (ResponseError, String))> {
-    let waits = syncs
-        .into_iter()
-        .map(|(index, partition, end_offset)| async move {
-            let synced = super::blocking(move || partition.sync_to_blocking(end_offset)).await;
-            let failure = match synced {
-                Ok(Ok(())) => return None,
-                Ok(Err(e)) => (ResponseError::KafkaStorageError, e.to_string()),
-                Err(e) => e,
-            };
-            Some((index, failure))
-        });
-    futures::future::join_all(waits)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+fn not_leader(leader: Option<i32>) -> Refusal {
+    let message = match leader {
+        Some(id) => format!("This broker does not lead the partition; broker {id} does."),
+        None => "This broker does not lead the partition, and knows no leader now.".to_string(),
+    };
+    (ResponseError::NotLeaderOrFollower, message).into()
+}
+
+fn timed_out() -> Refusal {
+    (
+        ResponseError::RequestTimedOut,
+        "The produce was not acknowledged within its timeout; it may still be committed."
+            .to_string(),
+    )
+        .into()
+}
+
+fn produce_error(e: ProduceError) -> Refusal {
+    match e {
+        ProduceError::NotLeader(leader) => not_leader(leader.map(|n| n as i32)),
+        ProduceError::NotEnoughReplicas { .. } => {
+            (ResponseError::NotEnoughReplicas, e.to_string()).into()
+        }
+        ProduceError::Raft(why) => {
+            tracing::debug!(error = %why, "produce not replicated");
+            (ResponseError::NotLeaderOrFollower, why).into()
+        }
+    }
 }
 
 /// The produce response for appended (or refused) partitions.
@@ -272,14 +339,15 @@ fn respond(
     ResponseKind::Produce(response).into()
 }
 
-fn append_one(
+/// The produce checks on one partition's records (on a blocking thread,
+/// outside every lock).
+fn validate_one(
     target: &Partition,
     topic: &str,
     records: Option<Bytes>,
     now: i64,
     version: i16,
-) -> Result<AppendInfo, Refusal> {
-    let partition = target.tp.partition;
+) -> Result<Validated, Refusal> {
     let records = match records {
         Some(r) if !r.is_empty() => r,
         _ => {
@@ -291,27 +359,35 @@ fn append_one(
             return Err((code, "produce request without records".to_string()).into());
         }
     };
-    target.append_unsynced_blocking(&records, now).map_err(|e| {
-        let mut code = ResponseError::try_from_code(e.kafka_error_code())
-            .unwrap_or(ResponseError::UnknownServerError);
-        // INVALID_RECORD exists from Produce v8; older clients know CORRUPT_MESSAGE.
-        if code == ResponseError::InvalidRecord && version < 8 {
-            code = ResponseError::CorruptMessage;
+    let config = target.log_config();
+    match validate_produce(&records, &config, now) {
+        Ok(validated) => Ok(validated.into_owned(&records)),
+        Err(e) => {
+            tracing::debug!(topic, partition = target.tp.partition, error = %e, "produce rejected");
+            Err(append_refusal(e, version))
         }
-        if code == ResponseError::KafkaStorageError {
-            tracing::error!(topic, partition, error = %e, "append failed");
-        } else {
-            tracing::debug!(topic, partition, error = %e, "append rejected");
-        }
-        let message = e.to_string();
-        let record_errors = match e {
-            AppendError::RecordErrors { record_errors, .. } => record_errors,
-            _ => Vec::new(),
-        };
-        Refusal {
-            code,
-            message,
-            record_errors,
-        }
-    })
+    }
+}
+
+/// What a refused append answers.
+fn append_refusal(e: AppendError, version: i16) -> Refusal {
+    let mut code = ResponseError::try_from_code(e.kafka_error_code())
+        .unwrap_or(ResponseError::UnknownServerError);
+    // INVALID_RECORD exists from Produce v8; older clients know CORRUPT_MESSAGE.
+    if code == ResponseError::InvalidRecord && version < 8 {
+        code = ResponseError::CorruptMessage;
+    }
+    if code == ResponseError::KafkaStorageError {
+        tracing::error!(error = %e, "append failed");
+    }
+    let message = e.to_string();
+    let record_errors = match e {
+        AppendError::RecordErrors { record_errors, .. } => record_errors,
+        _ => Vec::new(),
+    };
+    Refusal {
+        code,
+        message,
+        record_errors,
+    }
 }

@@ -457,6 +457,29 @@ impl ClusterMetadata {
                 && self.transport.is_alive(broker as NodeId))
     }
 
+    /// The runtime blocking threads reach async work through.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// A partition group's voters: each replica with its CONTROLLER address
+    /// (empty for a broker that has not registered one).
+    pub fn group_voters(&self, replicas: &[i32]) -> BTreeMap<NodeId, BasicNode> {
+        self.read(|s| {
+            replicas
+                .iter()
+                .map(|&id| {
+                    let addr = s
+                        .brokers
+                        .get(&id)
+                        .and_then(|b| b.controller.clone())
+                        .unwrap_or_default();
+                    (id as NodeId, BasicNode::new(addr))
+                })
+                .collect()
+        })
+    }
+
     /// One partition's replicas, without copying the whole topic.
     pub fn replicas(&self, topic: &str, partition: i32) -> Option<Vec<i32>> {
         self.read(|s| Some(s.topics.get(topic)?.replicas_of(partition).to_vec()))

@@ -330,6 +330,8 @@ impl TopicConfigs {
             )
             .clamp(1, MAX_DECOMPRESSED_MESSAGE_BYTES_DEFAULT.into())
                 as u32,
+            min_insync_replicas: long("min.insync.replicas", 1).clamp(1, i64::from(i32::MAX))
+                as u32,
             ..defaults
         };
         let policy = value("cleanup.policy");

@@ -47,6 +47,8 @@ pub struct LogConfig {
     pub compact: bool,
     /// Largest decompressed record body accepted (`max.decompressed.message.bytes`).
     pub max_decompressed_message_bytes: u32,
+    /// `min.insync.replicas`: replicas in sync for an acks=all produce.
+    pub min_insync_replicas: u32,
 }
 
 /// Kafka's `compression.type` topic config: keep the producer's codec, or
@@ -91,6 +93,7 @@ impl Default for LogConfig {
             compression: BrokerCompression::Producer,
             compact: false,
             max_decompressed_message_bytes: MAX_DECOMPRESSED_MESSAGE_BYTES_DEFAULT,
+            min_insync_replicas: 1,
         }
     }
 }

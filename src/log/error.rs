@@ -32,6 +32,8 @@ pub mod kafka_code {
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     /// KAFKA_STORAGE_ERROR
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    /// REQUEST_TIMED_OUT
+    pub const REQUEST_TIMED_OUT: i16 = 7;
     /// INVALID_RECORD
     pub const INVALID_RECORD: i16 = 87;
 }
@@ -208,6 +210,11 @@ pub enum AppendError {
         /// Where the log ends.
         log_end_offset: i64,
     },
+    /// The partition's Raft group did not take or commit the batches in
+    /// time (this node does not lead, a quorum is missing): REQUEST_TIMED_OUT,
+    /// retriable.
+    #[error("not committed: {0}")]
+    NotCommitted(String),
     /// The disk failed (KAFKA_STORAGE_ERROR).
     #[error(transparent)]
     Storage(#[from] LogError),
@@ -233,6 +240,7 @@ impl AppendError {
             AppendError::OutOfOrderSequence { .. } => kafka_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
             AppendError::InvalidProducerEpoch { .. } => kafka_code::INVALID_PRODUCER_EPOCH,
             AppendError::UnexpectedAppendOffset { .. } => kafka_code::UNKNOWN_SERVER_ERROR,
+            AppendError::NotCommitted(_) => kafka_code::REQUEST_TIMED_OUT,
             AppendError::Storage(error) => error.kafka_error_code(),
         }
     }

@@ -65,7 +65,7 @@ pub use partition_log::{
     AppendInfo, PartitionLog, ReadInfo, CLEAN_SHUTDOWN_FILE, LOG_DIR_ENTRIES_MAX,
 };
 pub use records::find_record;
-pub use validator::{validate_produce, ValidatedRecords};
+pub use validator::{validate_produce, Validated, ValidatedRecords};
 
 #[cfg(test)]
 mod tests;

@@ -930,6 +930,19 @@ impl PartitionLog {
         self.clean_snapshots()
     }
 
+    /// A follower whose log ends below the leader's log start offset: drops
+    /// everything and restarts the log empty at `offset` (Kafka's
+    /// `truncateFullyAndStartAt`). Nothing happens if the log already
+    /// reaches `offset`.
+    pub fn start_at(&mut self, offset: i64) -> Result<(), LogError> {
+        self.ensure_online()?;
+        if offset <= self.log_end_offset() {
+            return Ok(());
+        }
+        warn!(dir = %self.dir.display(), log_end_offset = self.log_end_offset(), offset, "restarting a replica's log at the leader's log start");
+        self.truncate_fully_and_start_at(offset)
+    }
+
     /// Deletes every segment and snapshot and restarts the log empty at `offset`.
     fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<(), LogError> {
         let fresh = LogSegment::create(&self.dir, offset, &self.config);

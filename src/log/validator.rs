@@ -34,7 +34,7 @@ use crate::log::records::{
 
 /// A batch that passed validation, with its position in the (possibly
 /// rebuilt) request buffer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct ValidatedBatch {
     pub position: usize,
     pub summary: BatchSummary,
@@ -62,6 +62,44 @@ impl ValidatedRecords<'_> {
     /// Whether any batch was rebuilt with the topic's codec.
     pub fn is_rebuilt(&self) -> bool {
         matches!(self.bytes, Cow::Owned(_))
+    }
+
+    /// The owned form, to hand to the partition's Raft group: `request`
+    /// must be the buffer these records were validated from (shared, not
+    /// copied, unless a batch was rebuilt).
+    pub fn into_owned(self, request: &bytes::Bytes) -> Validated {
+        let bytes = match self.bytes {
+            Cow::Borrowed(_) => request.clone(),
+            Cow::Owned(rebuilt) => bytes::Bytes::from(rebuilt),
+        };
+        Validated {
+            bytes,
+            batches: self.batches,
+        }
+    }
+}
+
+/// [`ValidatedRecords`] that own their bytes, so they can wait in a queue
+/// (a Raft proposal) before the log stamps them. Only made from a
+/// `ValidatedRecords`, so holding one still proves the checks ran.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validated {
+    bytes: bytes::Bytes,
+    batches: Vec<ValidatedBatch>,
+}
+
+impl Validated {
+    /// The records to write (the request's, or rebuilt).
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.bytes
+    }
+
+    /// Borrowed again, for [`PartitionLog::append_validated`](crate::log::PartitionLog::append_validated).
+    pub fn as_records(&self) -> ValidatedRecords<'_> {
+        ValidatedRecords {
+            bytes: Cow::Borrowed(&self.bytes),
+            batches: self.batches.clone(),
+        }
     }
 }
 

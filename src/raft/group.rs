@@ -363,8 +363,12 @@ pub(super) async fn bootstrap<C: EntryTypes>(
         }
         if fresh.len() >= majority {
             match raft.initialize(voters.clone()).await {
-                Ok(()) => {
+                Ok(()) if matches!(group, GroupId::Metadata) => {
                     tracing::info!(%group, voters = ?voters.keys().collect::<Vec<_>>(), "initialized a new Raft group")
+                }
+                // One per partition: not worth a line each.
+                Ok(()) => {
+                    tracing::debug!(%group, voters = ?voters.keys().collect::<Vec<_>>(), "initialized a new Raft group")
                 }
                 Err(e) => tracing::info!(%group, error = %e, "group already initialized"),
             }

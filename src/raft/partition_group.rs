@@ -30,11 +30,13 @@ use tokio::sync::watch;
 use super::entry_log::io_error;
 use super::group::{bootstrap, GroupTimers};
 use super::network::{GroupNetwork, RaftService, Registry};
-use super::partition_store::{PartitionApplied, PartitionEntry, PartitionStore, PartitionTypes};
+use super::partition_store::{
+    AppendOutcome, PartitionApplied, PartitionEntry, PartitionStore, PartitionTypes,
+};
 use super::transport::Transport;
 use super::types::{GroupId, NodeId};
 use crate::log::batch::Batches;
-use crate::log::{AppendError, AppendInfo, PartitionLog};
+use crate::log::{PartitionLog, Validated};
 
 type Snapshot = openraft::Snapshot<PartitionTypes>;
 
@@ -53,9 +55,9 @@ pub struct PartitionMachine {
 }
 
 impl PartitionMachine {
-    /// Starts at `high_watermark` (the log start offset: nothing above it is
-    /// known to be committed until entries are applied).
-    pub fn new(high_watermark: i64) -> Self {
+    /// Moves `high_watermark` (which the partition's readers watch) as
+    /// entries are applied; it only ever grows.
+    pub fn new(high_watermark: Arc<watch::Sender<i64>>) -> Self {
         PartitionMachine {
             inner: Arc::new(Mutex::new(MachineInner {
                 last_applied: None,
@@ -63,7 +65,7 @@ impl PartitionMachine {
                 snapshot: None,
                 snapshots_built: 0,
             })),
-            high_watermark: Arc::new(watch::Sender::new(high_watermark)),
+            high_watermark,
         }
     }
 
@@ -179,17 +181,118 @@ pub enum ProduceError {
     /// Kafka's NOT_LEADER_OR_FOLLOWER.
     #[error("not the leader (leader: {0:?})")]
     NotLeader(Option<NodeId>),
+    /// Fewer replicas are in sync than `min.insync.replicas` asks
+    /// (NOT_ENOUGH_REPLICAS).
+    #[error("{in_sync} replicas in sync, min.insync.replicas is {required}")]
+    NotEnoughReplicas { in_sync: usize, required: usize },
     #[error("{0}")]
     Raft(String),
+}
+
+/// Most produce entries one group holds proposed but not yet committed
+/// (acks=1 answers before the commit; this bounds what they leave behind).
+pub const UNCOMMITTED_PRODUCES_MAX: usize = 4096;
+
+type CommitReceiver =
+    tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<PartitionTypes>>;
+
+/// A produce entry handed to the group's Raft, in log order with the ones
+/// handed before it; await what the producer asked for.
+pub struct Pending {
+    _waiting: Waiting,
+    appended: tokio::sync::oneshot::Receiver<AppendOutcome>,
+    committed: CommitReceiver,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Pending {
+    /// acks=all: the append's outcome once a majority holds it.
+    pub async fn committed(mut self) -> Result<AppendOutcome, ProduceError> {
+        let result = (&mut self.committed).await;
+        commit_result(result)?;
+        (&mut self.appended)
+            .await
+            .map_err(|_| ProduceError::Raft("committed without an append outcome".to_string()))
+    }
+
+    /// acks=1: the outcome once this leader has appended it (it may still
+    /// be lost in a failover, as in Kafka). The commit is awaited in the
+    /// background, holding the group's uncommitted budget.
+    pub async fn appended(mut self) -> Result<AppendOutcome, ProduceError> {
+        tokio::select! {
+            outcome = &mut self.appended => {
+                let Pending { committed, permit, .. } = self;
+                tokio::spawn(async move {
+                    let _ = committed.await;
+                    drop(permit);
+                });
+                outcome.map_err(|_| ProduceError::Raft("the append was dropped".to_string()))
+            }
+            result = &mut self.committed => {
+                commit_result(result)?;
+                (&mut self.appended)
+                    .await
+                    .map_err(|_| ProduceError::Raft("committed without an append outcome".to_string()))
+            }
+        }
+    }
+}
+
+/// Drops a producer's wait in the store when the producer goes away.
+struct Waiting {
+    store: PartitionStore,
+    token: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.store.forget(self.token);
+    }
+}
+
+fn commit_result(
+    result: Result<
+        openraft::raft::ClientWriteResult<PartitionTypes>,
+        tokio::sync::oneshot::error::RecvError,
+    >,
+) -> Result<(), ProduceError> {
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => match e {
+            openraft::error::ClientWriteError::ForwardToLeader(f) => {
+                Err(ProduceError::NotLeader(f.leader_id))
+            }
+            other => Err(ProduceError::Raft(other.to_string())),
+        },
+        Err(_) => Err(ProduceError::Raft(
+            "the partition's Raft stopped before committing".to_string(),
+        )),
+    }
+}
+
+/// Who leads a group, as this node knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader: Option<NodeId>,
+    /// The Raft term: Kafka's leader epoch.
+    pub term: u64,
+    /// Whether this node leads, in `term`.
+    pub is_me: bool,
 }
 
 /// A running partition group on this node.
 pub struct PartitionGroup {
     pub id: GroupId,
     pub raft: Raft<PartitionTypes>,
+    node: NodeId,
     store: PartitionStore,
     machine: PartitionMachine,
     registry: Arc<Registry>,
+    uncommitted: Arc<tokio::sync::Semaphore>,
+    /// For each follower: when it was last seen holding everything the
+    /// leader had at the check before, and what the leader had at the last
+    /// check (Kafka's lastCaughtUpTime and lastFetchLeaderLogEndOffset).
+    caught_up: Mutex<BTreeMap<NodeId, (std::time::Instant, Option<u64>)>>,
 }
 
 impl PartitionGroup {
@@ -201,20 +304,31 @@ impl PartitionGroup {
         id: GroupId,
         voters: BTreeMap<NodeId, BasicNode>,
         log: Arc<Mutex<PartitionLog>>,
+        high_watermark: Arc<watch::Sender<i64>>,
         sync: bool,
         timers: &GroupTimers,
         transport: Arc<Transport>,
         registry: Arc<Registry>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let log_start = log.lock().log_start_offset();
         let store = PartitionStore::open(log, sync)
             .with_context(|| format!("opening the Raft log of partition group {id}"))?;
-        let machine = PartitionMachine::new(log_start);
+        let committed = store.committed_end();
+        high_watermark.send_if_modified(|hw| {
+            let moved = committed > *hw;
+            *hw = (*hw).max(committed);
+            moved
+        });
+        let machine = PartitionMachine::new(high_watermark);
         let config = timers.config(
             id,
             Config {
                 snapshot_policy: SnapshotPolicy::Never,
+                // A lone voter needs no election timeout or heartbeat: it
+                // elects itself when initialized and when it restarts
+                // (`bootstrap`). Idle, it then costs nothing; groups with
+                // followers keep openraft's timers for now.
+                enable_tick: voters.len() > 1,
                 ..Config::default()
             },
         )?;
@@ -244,39 +358,67 @@ impl PartitionGroup {
         Ok(PartitionGroup {
             id,
             raft,
+            node,
             store,
             machine,
             registry,
+            uncommitted: Arc::new(tokio::sync::Semaphore::new(UNCOMMITTED_PRODUCES_MAX)),
+            caught_up: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// Appends a producer's batches through this node, which must lead the
-    /// group; returns once a majority holds them (committed, below the high
-    /// watermark), with what the append did (its offsets, or the producer's
-    /// error).
+    /// Hands a producer's validated batches to the group's Raft; this node
+    /// must lead. Entries handed over in order are appended in that order.
+    /// Waits while the group holds [`UNCOMMITTED_PRODUCES_MAX`] uncommitted
+    /// produces (the caller bounds the wait).
+    pub async fn submit(&self, validated: Validated, now_ms: i64) -> Result<Pending, ProduceError> {
+        let leadership = self.leadership();
+        if !leadership.is_me {
+            return Err(ProduceError::NotLeader(leadership.leader));
+        }
+        let permit = self
+            .uncommitted
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ProduceError::Raft("the group is stopping".to_string()))?;
+        let (token, appended) = self.store.expect();
+        let entry = PartitionEntry::Produce {
+            records: validated.bytes().clone(),
+            checked: Some(validated),
+            now_ms,
+            token,
+        };
+        match self.raft.client_write_ff(entry).await {
+            Ok(committed) => Ok(Pending {
+                _waiting: Waiting {
+                    store: self.store.clone(),
+                    token,
+                },
+                appended,
+                committed,
+                permit,
+            }),
+            Err(fatal) => {
+                self.store.forget(token);
+                Err(ProduceError::Raft(fatal.to_string()))
+            }
+        }
+    }
+
+    /// [`submit`](Self::submit) for batches nobody validated yet (tests),
+    /// awaiting the commit.
     pub async fn produce(
         &self,
         records: Bytes,
         now_ms: i64,
-    ) -> Result<Result<AppendInfo, AppendError>, ProduceError> {
-        match self
-            .raft
-            .client_write(PartitionEntry::Produce { records, now_ms })
-            .await
-        {
-            Ok(written) => self
-                .store
-                .take_outcome(written.log_id.index)
-                .ok_or_else(|| {
-                    ProduceError::Raft(format!(
-                        "entry {} committed without an append outcome",
-                        written.log_id.index
-                    ))
-                }),
-            Err(e) => match e.forward_to_leader() {
-                Some(forward) => Err(ProduceError::NotLeader(forward.leader_id)),
-                None => Err(ProduceError::Raft(e.to_string())),
-            },
+    ) -> Result<AppendOutcome, ProduceError> {
+        let config = self.store.log_config();
+        let validated =
+            crate::log::validate_produce(&records, &config, now_ms).map(|v| v.into_owned(&records));
+        match validated {
+            Ok(v) => self.submit(v, now_ms).await?.committed().await,
+            Err(e) => Ok(Err(e)),
         }
     }
 
@@ -287,9 +429,90 @@ impl PartitionGroup {
 
     /// The leader this node knows of, and its term (Kafka's leader epoch).
     pub fn leader(&self) -> (Option<NodeId>, u64) {
+        let l = self.leadership();
+        (l.leader, l.term)
+    }
+
+    /// Returns once the group knows a leader, or after `wait`.
+    pub async fn wait_leader(&self, wait: std::time::Duration) -> Option<NodeId> {
+        let mut metrics = self.raft.metrics();
+        tokio::time::timeout(wait, async {
+            loop {
+                if let Some(leader) = metrics.borrow_and_update().current_leader {
+                    return Some(leader);
+                }
+                metrics.changed().await.ok()?;
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Who leads, as this node knows it.
+    pub fn leadership(&self) -> Leadership {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        (m.current_leader, m.current_term)
+        Leadership {
+            leader: m.current_leader,
+            term: m.current_term,
+            is_me: m.current_leader == Some(self.node) && m.state == openraft::ServerState::Leader,
+        }
+    }
+
+    /// The voters of the group, as its membership says.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let voters = m.membership_config.membership().voter_ids().collect();
+        voters
+    }
+
+    /// Kafka's ISR, as the leader sees it: itself, and every voter that
+    /// `alive` says is reachable and that, within the last `lag_max`
+    /// (`replica.lag.time.max.ms`), held everything the leader had at the
+    /// check before. `None` on a node that does not lead.
+    pub fn in_sync(
+        &self,
+        lag_max: std::time::Duration,
+        alive: impl Fn(NodeId) -> bool,
+    ) -> Option<Vec<NodeId>> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.current_leader != Some(self.node) || m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        let last = m.last_log_index;
+        let now = std::time::Instant::now();
+        let mut caught_up = self.caught_up.lock();
+        let mut in_sync = vec![self.node];
+        for voter in m.membership_config.membership().voter_ids() {
+            if voter == self.node {
+                continue;
+            }
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&voter).copied().flatten())
+                .map(|l| l.index);
+            // A follower first seen now gets the benefit of the doubt, as a
+            // new Kafka leader starts from the ISR it was given.
+            let (seen, target) = caught_up.entry(voter).or_insert((now, last));
+            if matched.is_some() && matched >= *target {
+                *seen = now;
+            }
+            *target = last;
+            if alive(voter) && now.duration_since(*seen) <= lag_max {
+                in_sync.push(voter);
+            }
+        }
+        in_sync.sort_unstable();
+        Some(in_sync)
+    }
+
+    /// Kafka's OffsetForLeaderEpoch from this replica's epoch map.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.store.end_offset_for_epoch(epoch)
     }
 
     /// Leaves the registry and stops the group's Raft.

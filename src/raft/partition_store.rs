@@ -23,11 +23,10 @@
 //! indexed entry are truncated, and indexed entries whose batches are gone
 //! are dropped (with everything after them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -39,23 +38,33 @@ use openraft::{
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use super::entry_log::{
     appended, decode_records, encode_record, io_error, write_atomically, VoteFiles,
 };
 use super::types::NodeId;
-use crate::log::{AppendError, AppendInfo, PartitionLog};
-
-/// Most append outcomes kept for their producers' answers (the oldest are
-/// dropped: an answer nobody collected is not waited for any more).
-const OUTCOMES_MAX: usize = 4096;
+use crate::log::batch::Batches;
+use crate::log::file_cache::{CachedFile, OpenMode};
+use crate::log::{AppendError, AppendInfo, PartitionLog, Validated};
 
 /// What a partition group's entries carry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PartitionEntry {
-    /// A producer's batches as the leader received them (already validated
-    /// on the request path); the leader's store assigns their offsets.
-    Produce { records: Bytes, now_ms: i64 },
+    /// A producer's batches as the leader received them; the leader's store
+    /// assigns their offsets. `checked` is what the request path's
+    /// validation made of them (the expensive record walk ran there, not
+    /// in the Raft task); a `Produce` entry never leaves the leader (stores
+    /// read every entry back as `Records`), so `checked` is not serialized,
+    /// and one without it is validated again when appended. `token` names
+    /// the producer waiting for this append's outcome.
+    Produce {
+        records: Bytes,
+        #[serde(skip)]
+        checked: Option<Validated>,
+        now_ms: i64,
+        token: u64,
+    },
     /// Batches with offsets assigned, as every replica stores them.
     Records { records: Bytes },
 }
@@ -79,14 +88,28 @@ crate::entry_group_types!(pub PartitionTypes, PartitionEntry, PartitionApplied);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Kind {
     /// Batches at offsets `first..end`, `bytes` long, in the segments.
-    Records {
-        first: i64,
-        end: i64,
-        bytes: u64,
+    Records { first: i64, end: i64, bytes: u64 },
+    /// `at`: the log end offset when it was appended (where its term, if
+    /// new, starts).
+    Blank { at: i64 },
+    Membership {
+        membership: Membership<NodeId, BasicNode>,
+        at: i64,
     },
-    Blank,
-    Membership(Membership<NodeId, BasicNode>),
 }
+
+impl Kind {
+    /// The offset its entry starts at.
+    fn start(&self) -> i64 {
+        match self {
+            Kind::Records { first, .. } => *first,
+            Kind::Blank { at } | Kind::Membership { at, .. } => *at,
+        }
+    }
+}
+
+/// The outcome of a leader's append, for the producer waiting on it.
+pub type AppendOutcome = Result<AppendInfo, AppendError>;
 
 #[derive(Serialize, Deserialize)]
 enum IndexRecord {
@@ -104,7 +127,9 @@ struct Indexed {
 struct Inner {
     dir: PathBuf,
     log: Arc<Mutex<PartitionLog>>,
-    index: File,
+    /// Through the descriptor cache, like the segment files: a broker with
+    /// thousands of partitions keeps only the busy ones open.
+    index: CachedFile,
     index_end: u64,
     entries: BTreeMap<u64, Indexed>,
     last_purged: Option<LogId<NodeId>>,
@@ -112,8 +137,12 @@ struct Inner {
     /// Sync the segments and the index before an append counts as flushed
     /// (`--fsync always`); otherwise they are flushed on the interval.
     sync: bool,
-    /// What appending each of this node's `Produce` entries did, by index.
-    outcomes: BTreeMap<u64, Result<AppendInfo, AppendError>>,
+    /// Producers waiting for their `Produce` entry's append, by token.
+    waiters: HashMap<u64, oneshot::Sender<AppendOutcome>>,
+    next_token: u64,
+    /// Where each leader epoch (term) starts, like Kafka's
+    /// leader-epoch-checkpoint: start offsets strictly increase.
+    epochs: BTreeMap<i32, i64>,
 }
 
 /// The Raft log of one partition group over its `PartitionLog`. Clones
@@ -133,18 +162,18 @@ impl PartitionStore {
     pub fn open(log: Arc<Mutex<PartitionLog>>, sync: bool) -> std::io::Result<PartitionStore> {
         let dir = log.lock().dir().to_path_buf();
         let path = dir.join(INDEX_FILE);
-        let mut index = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
-        let mut bytes = Vec::new();
-        index.read_to_end(&mut bytes)?;
+        let mut bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let index = CachedFile::open(&path, OpenMode::Create)?;
         let (records, good) = decode_records::<IndexRecord>(&bytes)?;
         if good < bytes.len() as u64 {
             tracing::warn!(path = %path.display(), cut = bytes.len() as u64 - good, "cutting a torn tail off a Raft entry index");
-            index.set_len(good)?;
+            index.get()?.set_len(good)?;
         }
+        bytes.clear();
         let mut entries = BTreeMap::new();
         let mut last_purged = None;
         for (position, record) in records {
@@ -171,21 +200,142 @@ impl PartitionStore {
             entries,
             last_purged,
             sync,
-            outcomes: BTreeMap::new(),
+            waiters: HashMap::new(),
+            next_token: 0,
+            epochs: BTreeMap::new(),
         };
         inner.recover()?;
+        inner.rebuild_epochs();
         Ok(PartitionStore {
             inner: Arc::new(Mutex::new(inner)),
         })
     }
 
-    /// What appending this node's `Produce` entry at `index` did (once).
-    pub fn take_outcome(&self, index: u64) -> Option<Result<AppendInfo, AppendError>> {
-        self.inner.lock().outcomes.remove(&index)
+    /// A token for a `Produce` entry, and the outcome of its append when
+    /// this node's store appends it (dropped unsent if it never does).
+    /// Call [`forget`](Self::forget) if the entry is not proposed after all.
+    pub fn expect(&self) -> (u64, oneshot::Receiver<AppendOutcome>) {
+        let mut inner = self.inner.lock();
+        let token = inner.next_token;
+        inner.next_token += 1;
+        let (tx, rx) = oneshot::channel();
+        inner.waiters.insert(token, tx);
+        (token, rx)
+    }
+
+    /// Drops the wait for `token`'s append (its producer went away, or its
+    /// entry will never be appended here: this node does not lead).
+    pub fn forget(&self, token: u64) {
+        self.inner.lock().waiters.remove(&token);
+    }
+
+    /// Kafka's OffsetForLeaderEpoch for `requested`, given the log end
+    /// offset: the largest epoch at or below it and the offset where the
+    /// next epoch starts (the log end for the latest epoch); `(-1, -1)` for
+    /// an epoch above the latest (Kafka's `LeaderEpochFileCache.endOffsetFor`).
+    pub fn end_offset_for_epoch(&self, requested: i32) -> (i32, i64) {
+        let inner = self.inner.lock();
+        let log_end = inner.log.lock().log_end_offset();
+        end_offset_for(&inner.epochs, requested, log_end)
+    }
+
+    /// What is known committed when the store opens: batches written
+    /// before the partition had a Raft group (below its first entry), and
+    /// those up to the last commit this node saved. The high watermark
+    /// starts there, so a restarted node serves (and its group coordinator
+    /// replays) what it served before without waiting for Raft.
+    pub fn committed_end(&self) -> i64 {
+        let inner = self.inner.lock();
+        let log_end = inner.log.lock().log_end_offset();
+        let floor = inner
+            .entries
+            .values()
+            .next()
+            .map_or(log_end, |e| e.kind.start());
+        let committed = inner.votes.committed().map(|c| c.index);
+        let end = committed.and_then(|c| {
+            inner
+                .entries
+                .range(..=c)
+                .rev()
+                .find_map(|(_, e)| match e.kind {
+                    Kind::Records { end, .. } => Some(end),
+                    _ => None,
+                })
+        });
+        end.unwrap_or(floor).max(floor).min(log_end)
+    }
+
+    /// The partition log's config now.
+    pub fn log_config(&self) -> crate::log::LogConfig {
+        self.inner.lock().log.lock().config().clone()
+    }
+
+    /// The start offset of every epoch, oldest first.
+    pub fn epochs(&self) -> Vec<(i32, i64)> {
+        self.inner
+            .lock()
+            .epochs
+            .iter()
+            .map(|(&e, &s)| (e, s))
+            .collect()
     }
 }
 
+/// [`PartitionStore::end_offset_for_epoch`] over an epoch map.
+fn end_offset_for(epochs: &BTreeMap<i32, i64>, requested: i32, log_end: i64) -> (i32, i64) {
+    if requested < 0 {
+        return (-1, -1);
+    }
+    if epochs.keys().next_back() == Some(&requested) {
+        return (requested, log_end);
+    }
+    let Some((_, &next_start)) = epochs.range(requested + 1..).next() else {
+        return (-1, -1);
+    };
+    match epochs.range(..=requested).next_back() {
+        Some((&floor, _)) => (floor, next_start),
+        None => (requested, next_start),
+    }
+}
+
+/// Records that epoch `epoch` starts at `start`, if it is newer than every
+/// epoch known; an epoch starting where a later-recorded one does replaces
+/// it (Kafka's `assign`).
+fn assign_epoch(epochs: &mut BTreeMap<i32, i64>, epoch: i32, start: i64) {
+    if epochs.keys().next_back().is_some_and(|&last| last >= epoch) {
+        return;
+    }
+    epochs.retain(|_, s| *s < start);
+    epochs.insert(epoch, start);
+}
+
+fn epoch_of(log_id: &LogId<NodeId>) -> i32 {
+    i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX)
+}
+
 impl Inner {
+    /// The epoch map from the index. Batches below the first indexed entry
+    /// were written before the partition had a Raft group, in epoch 0.
+    fn rebuild_epochs(&mut self) {
+        self.epochs.clear();
+        let (log_start, log_end) = {
+            let log = self.log.lock();
+            (log.log_start_offset(), log.log_end_offset())
+        };
+        let first_indexed = self
+            .entries
+            .values()
+            .next()
+            .map_or(log_end, |e| e.kind.start());
+        if log_start < first_indexed {
+            self.epochs.insert(0, log_start);
+        }
+        for e in self.entries.values() {
+            assign_epoch(&mut self.epochs, epoch_of(&e.log_id), e.kind.start());
+        }
+    }
+
     /// Cuts the index or the segments, whichever runs longer, to the other.
     fn recover(&mut self) -> std::io::Result<()> {
         let indexed_end = self.entries.values().rev().find_map(|e| match e.kind {
@@ -219,8 +369,9 @@ impl Inner {
         let Some(position) = self.entries.range(index..).next().map(|(_, e)| e.position) else {
             return Ok(());
         };
-        self.index.set_len(position)?;
-        self.index.sync_all()?;
+        let file = self.index.get()?;
+        file.set_len(position)?;
+        file.sync_all()?;
         self.index_end = position;
         self.entries.split_off(&index);
         Ok(())
@@ -232,13 +383,24 @@ impl Inner {
         {
             let mut log = self.log.lock();
             for entry in entries {
+                let epoch = epoch_of(&entry.log_id);
+                let at = log.log_end_offset();
+                assign_epoch(&mut self.epochs, epoch, at);
                 let kind = match entry.payload {
-                    EntryPayload::Blank => Kind::Blank,
-                    EntryPayload::Membership(m) => Kind::Membership(m),
-                    EntryPayload::Normal(PartitionEntry::Produce { records, now_ms }) => {
-                        let first = log.log_end_offset();
-                        let epoch = i32::try_from(entry.log_id.leader_id.term).unwrap_or(i32::MAX);
-                        let outcome = log.append(&records, epoch, now_ms);
+                    EntryPayload::Blank => Kind::Blank { at },
+                    EntryPayload::Membership(membership) => Kind::Membership { membership, at },
+                    EntryPayload::Normal(PartitionEntry::Produce {
+                        records,
+                        checked,
+                        now_ms,
+                        token,
+                    }) => {
+                        let outcome = match &checked {
+                            Some(validated) => {
+                                log.append_validated(validated.as_records(), epoch, now_ms)
+                            }
+                            None => log.append(&records, epoch, now_ms),
+                        };
                         if log.is_offline() {
                             return Err(io_error(format!(
                                 "the partition log went offline appending entry {}",
@@ -247,13 +409,27 @@ impl Inner {
                         }
                         let end = log.log_end_offset();
                         let bytes = outcome.as_ref().map_or(0, |i| i.size_bytes as u64);
-                        self.outcomes.insert(entry.log_id.index, outcome);
-                        while self.outcomes.len() > OUTCOMES_MAX {
-                            self.outcomes.pop_first();
+                        if let Some(waiter) = self.waiters.remove(&token) {
+                            let _ = waiter.send(outcome);
                         }
-                        Kind::Records { first, end, bytes }
+                        Kind::Records {
+                            first: at,
+                            end,
+                            bytes,
+                        }
                     }
                     EntryPayload::Normal(PartitionEntry::Records { records }) => {
+                        // Batches that start past this log's end: the
+                        // leader's log start moved past it (retention,
+                        // DeleteRecords) and sent the entries below it
+                        // empty. Log matching leaves no other way.
+                        let base = Batches::new(&records)
+                            .next()
+                            .and_then(|b| b.ok())
+                            .map(|(_, b)| b.header().base_offset());
+                        if let Some(base) = base.filter(|&b| b > log.log_end_offset()) {
+                            log.start_at(base).map_err(io_error)?;
+                        }
                         let first = log.log_end_offset();
                         if !records.is_empty() {
                             log.append_as_follower(&records, crate::broker::now_ms())
@@ -283,9 +459,10 @@ impl Inner {
                 log.flush().map_err(io_error)?;
             }
         }
-        self.index.write_all(&buf)?;
+        let file = self.index.get()?;
+        file.write_all_at(&buf, self.index_end)?;
         if self.sync {
-            self.index.sync_data()?;
+            file.sync_data()?;
         }
         self.index_end += buf.len() as u64;
         for e in placed {
@@ -303,7 +480,19 @@ impl Inner {
         if let Some(offset) = first_offset {
             self.log.lock().truncate_to(offset).map_err(io_error)?;
         }
-        self.truncate_index(index)
+        self.truncate_index(index)?;
+        // Epochs of the entries removed are gone with them; the ones left
+        // keep their start offsets.
+        match self
+            .entries
+            .values()
+            .next_back()
+            .map(|e| epoch_of(&e.log_id))
+        {
+            Some(last) => self.epochs.retain(|&e, _| e <= last),
+            None => self.rebuild_epochs(),
+        }
+        Ok(())
     }
 
     /// Forgets every entry up to `log_id` (their batches stay: retention
@@ -322,7 +511,7 @@ impl Inner {
         }
         let path = self.dir.join(INDEX_FILE);
         write_atomically(&path, &buf, true)?;
-        self.index = OpenOptions::new().read(true).append(true).open(&path)?;
+        self.index = CachedFile::open(&path, OpenMode::Create)?;
         self.index_end = buf.len() as u64;
         self.entries = entries;
         self.last_purged = Some(log_id);
@@ -332,10 +521,15 @@ impl Inner {
     /// One entry as replicas see it; an I/O error names the entry's index.
     fn read(&self, e: &Indexed) -> std::io::Result<Entry<PartitionTypes>> {
         let payload = match &e.kind {
-            Kind::Blank => EntryPayload::Blank,
-            Kind::Membership(m) => EntryPayload::Membership(m.clone()),
+            Kind::Blank { .. } => EntryPayload::Blank,
+            Kind::Membership { membership, .. } => EntryPayload::Membership(membership.clone()),
             Kind::Records { first, end, bytes } => {
-                let records = if first == end {
+                let log_start = self.log.lock().log_start_offset();
+                // Batches wholly or partly below the log start are gone
+                // (retention, DeleteRecords): the entry goes out empty, and
+                // a replica that lacks them restarts its log at the next
+                // batch it receives.
+                let records = if first == end || *first < log_start {
                     Bytes::new()
                 } else {
                     let info = self

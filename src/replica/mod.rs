@@ -8,19 +8,20 @@
 //! - The high watermark is a `watch` channel per partition. A fetch that is
 //!   waiting for data subscribes to the partitions it reads, so one append
 //!   wakes exactly the fetches that care, once, with no polling.
-//! - On a single node the high watermark is the log end offset once the append
-//!   is durable by the configured policy. When partitions become Raft groups
-//!   it becomes the Raft commit point, and nothing above this module changes.
+//! - Every partition is a Raft group ([`PartitionGroup`]) over its replicas,
+//!   a single node's too (one voter, the same path). Its Raft log is the
+//!   partition's segment files; the leader assigns offsets. The high
+//!   watermark is the Raft commit point: only the group's state machine
+//!   moves it, once a majority holds the batches (with `--fsync always`,
+//!   once they are synced there).
 //! - Produce validation (the record walk, decompression, recompression)
 //!   never runs under the log mutex either: it needs only the partition's
 //!   config, kept as a snapshot beside the log, and the lock is taken for the
 //!   stamping and the write alone.
-//! - An fsync never runs under the log mutex: it is captured under it
-//!   ([`PendingFlush`]) and synced under a second, flush-only mutex. With
-//!   `--fsync always` that mutex is the group commit: appends that arrive
-//!   while one fsync runs are all covered by the next one, and an append
-//!   already covered by a finished fsync returns without its own. The high
-//!   watermark then advances to what the fsync covered.
+//! - The interval flush never runs an fsync under the log mutex: it is
+//!   captured under it ([`PendingFlush`]) and synced under a second,
+//!   flush-only mutex. With `--fsync always` the group's store syncs each
+//!   batch of entries Raft appends together (its group commit).
 //! - A partition whose log went offline (a failed write or fsync), or that
 //!   could not be opened at startup, heals by itself: a background task
 //!   ([`ReplicaManager::retry_offline`]) reopens it, which runs recovery
@@ -30,7 +31,7 @@
 //!   both retriable. Running out of file descriptors never takes a log
 //!   offline (see `log::file_cache`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,6 +47,30 @@ use crate::log::{
     sync_dir, validate_produce, AppendError, AppendInfo, FlushScope, LogConfig, LogError,
     PartitionLog, PendingFlush, ReadError, ReadInfo, CLEAN_SHUTDOWN_FILE,
 };
+use crate::raft::group::GroupTimers;
+use crate::raft::network::Registry;
+use crate::raft::partition_group::{Leadership, PartitionGroup, ProduceError};
+use crate::raft::transport::Transport;
+use crate::raft::types::BasicNode;
+use crate::raft::{GroupId, NodeId};
+
+/// Longest a produce through [`Partition::append_blocking`] (the group
+/// coordinator's writes) waits for its commit.
+pub const APPEND_COMMIT_WAIT: Duration = Duration::from_secs(30);
+
+/// What partitions need to run their Raft groups on this node.
+pub struct GroupContext {
+    pub node: NodeId,
+    pub transport: Arc<Transport>,
+    pub registry: Arc<Registry>,
+    pub timers: GroupTimers,
+    /// Blocking threads start and stop groups through it.
+    pub runtime: tokio::runtime::Handle,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A partition's voters: each replica and its CONTROLLER address.
+pub type Voters = BTreeMap<NodeId, BasicNode>;
 
 /// First wait before reopening an offline partition.
 pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -80,6 +105,7 @@ impl Backoff {
 struct Unopened {
     topic_id: Uuid,
     config: LogConfig,
+    voters: Voters,
     backoff: Backoff,
 }
 
@@ -104,19 +130,23 @@ impl TopicPartition {
     }
 }
 
-/// One partition replica (today: always the leader).
+/// One partition replica, and its Raft group.
 pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: Uuid,
-    log: Mutex<PartitionLog>,
+    log: Arc<Mutex<PartitionLog>>,
     /// The log's config, readable without the log mutex (produce validation
     /// runs outside it); replaced together with the log's by `set_config`.
     config: RwLock<Arc<LogConfig>>,
     /// Held while a captured flush is synced; never taken inside `log`.
     flush: Mutex<()>,
-    high_watermark: watch::Sender<i64>,
-    leader_epoch: i32,
-    fsync: FsyncPolicy,
+    /// Moved by the group's state machine (the commit point).
+    high_watermark: Arc<watch::Sender<i64>>,
+    /// The running group (replaced when an offline log is reopened).
+    group: RwLock<Option<Arc<PartitionGroup>>>,
+    voters: Voters,
+    context: Arc<GroupContext>,
+    sync: bool,
     /// Mirrors the log's offline state, so Metadata need not take `log`.
     offline: AtomicBool,
     /// Set while offline: when to try reopening.
@@ -124,20 +154,111 @@ pub struct Partition {
 }
 
 impl Partition {
-    fn new(tp: TopicPartition, topic_id: Uuid, log: PartitionLog, fsync: FsyncPolicy) -> Self {
-        let end = log.log_end_offset();
+    /// Opens the partition's Raft group over `log`. Blocking.
+    fn open(
+        tp: TopicPartition,
+        topic_id: Uuid,
+        log: PartitionLog,
+        voters: Voters,
+        context: Arc<GroupContext>,
+        sync: bool,
+    ) -> Result<Self, LogError> {
+        let start = log.log_start_offset();
         let config = RwLock::new(Arc::new(log.config().clone()));
-        Partition {
+        let partition = Partition {
             tp,
             topic_id,
-            log: Mutex::new(log),
+            log: Arc::new(Mutex::new(log)),
             config,
             flush: Mutex::new(()),
-            high_watermark: watch::Sender::new(end),
-            leader_epoch: 0,
-            fsync,
+            high_watermark: Arc::new(watch::Sender::new(start)),
+            group: RwLock::new(None),
+            voters,
+            context,
+            sync,
             offline: AtomicBool::new(false),
             reopen: Mutex::new(None),
+        };
+        partition.start_group()?;
+        Ok(partition)
+    }
+
+    fn group_id(&self) -> GroupId {
+        GroupId::Partition {
+            topic_id: self.topic_id,
+            partition: self.tp.partition,
+        }
+    }
+
+    /// Starts (or restarts) the group over the log as it is now. Blocking.
+    fn start_group(&self) -> Result<(), LogError> {
+        let c = &self.context;
+        if let Some(old) = self.group.write().take() {
+            c.runtime.block_on(old.stop());
+        }
+        let started = c.runtime.block_on(PartitionGroup::start(
+            c.node,
+            self.group_id(),
+            self.voters.clone(),
+            self.log.clone(),
+            self.high_watermark.clone(),
+            self.sync,
+            &c.timers,
+            c.transport.clone(),
+            c.registry.clone(),
+            c.shutdown.clone(),
+        ));
+        let group = started.map_err(|e| LogError::Io {
+            path: self.log.lock().dir().to_path_buf(),
+            source: std::io::Error::other(format!("{e:#}")),
+        })?;
+        *self.group.write() = Some(Arc::new(group));
+        Ok(())
+    }
+
+    /// The partition's running group.
+    pub fn group(&self) -> Option<Arc<PartitionGroup>> {
+        self.group.read().clone()
+    }
+
+    /// Who leads the partition, as this node knows it.
+    pub fn leadership(&self) -> Leadership {
+        self.group().map_or(
+            Leadership {
+                leader: None,
+                term: 0,
+                is_me: false,
+            },
+            |g| g.leadership(),
+        )
+    }
+
+    /// The leader epoch this node leads in, or NOT_LEADER_OR_FOLLOWER with
+    /// the leader it knows of.
+    pub fn led_epoch(&self) -> Result<i32, Option<i32>> {
+        let l = self.leadership();
+        if l.is_me {
+            Ok(i32::try_from(l.term).unwrap_or(i32::MAX))
+        } else {
+            Err(l.leader.map(|n| n as i32))
+        }
+    }
+
+    /// Kafka's OffsetForLeaderEpoch answer for `epoch` from this replica.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.group()
+            .map_or((-1, -1), |g| g.end_offset_for_epoch(epoch))
+    }
+
+    /// The replicas, by node id.
+    pub fn replica_ids(&self) -> Vec<i32> {
+        self.voters.keys().map(|&n| n as i32).collect()
+    }
+
+    /// Stops the group (before the partition is deleted or closed). Blocking.
+    fn stop_group(&self) {
+        if let Some(group) = self.group.write().take() {
+            self.context.runtime.block_on(group.stop());
         }
     }
 
@@ -162,6 +283,8 @@ impl Partition {
         if self.reopen.lock().is_some_and(|b| b.next_attempt > now) {
             return false;
         }
+        // Nothing may append to the log while it is replaced.
+        self.stop_group();
         // Flush lock first, as every fsync path takes it: no captured flush
         // of the old log is in progress while it is replaced.
         let _flushing = self.flush.lock();
@@ -172,10 +295,19 @@ impl Partition {
                 let end = reopened.log_end_offset();
                 *log = reopened;
                 drop(log);
+                drop(_flushing);
+                // The group stopped when its store failed: a new one
+                // recovers the index against what the log holds now.
+                if let Err(error) = self.start_group() {
+                    tracing::warn!(partition = %self.tp.dir_name(), %error, "restarting the partition's Raft group failed");
+                    let mut reopen = self.reopen.lock();
+                    reopen
+                        .get_or_insert_with(|| Backoff::start(now))
+                        .failed(now);
+                    return false;
+                }
                 self.offline.store(false, Ordering::Relaxed);
                 *self.reopen.lock() = None;
-                // What recovery kept is what the log holds now (as after a restart).
-                self.high_watermark.send_replace(end);
                 tracing::info!(partition = %self.tp.dir_name(), log_end_offset = end, "offline partition reopened");
                 true
             }
@@ -188,8 +320,9 @@ impl Partition {
             }
         }
     }
+    /// The current term as this node knows it (the leader epoch, where it leads).
     pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch
+        i32::try_from(self.leadership().term).unwrap_or(i32::MAX)
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -201,64 +334,33 @@ impl Partition {
         self.high_watermark.subscribe()
     }
 
-    /// Whether an acknowledgement must wait for [`sync_to_blocking`](Self::sync_to_blocking).
-    pub fn sync_before_ack(&self) -> bool {
-        self.fsync == FsyncPolicy::Always
+    /// The config produce validation runs against.
+    pub fn log_config(&self) -> Arc<LogConfig> {
+        self.config.read().clone()
     }
 
-    /// Appends a producer's batches and makes them durable by the configured
-    /// policy before returning. Blocking: call from a blocking thread.
+    /// Appends batches through the group (this node must lead) and returns
+    /// once they are committed: the group coordinator's writes. Blocking.
     pub fn append_blocking(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo, AppendError> {
-        let info = self.append_unsynced_blocking(records, now_ms)?;
-        if self.sync_before_ack() {
-            self.sync_to_blocking(info.last_offset + 1)?;
-        }
-        Ok(info)
-    }
-
-    /// Appends a producer's batches. With `--fsync interval` they are
-    /// committed (below the high watermark) on return; with `--fsync always`
-    /// only once [`sync_to_blocking`](Self::sync_to_blocking) has covered
-    /// them, which the caller arranges, so that the next append need not wait
-    /// for this one's fsync. Blocking.
-    pub fn append_unsynced_blocking(
-        &self,
-        records: &[u8],
-        now_ms: i64,
-    ) -> Result<AppendInfo, AppendError> {
-        let config = self.config.read().clone();
-        let validated = validate_produce(records, &config, now_ms)?;
-        let mut log = self.log.lock();
-        let appended = log.append_validated(validated, self.leader_epoch, now_ms);
-        self.note_offline(&log);
-        let info = appended?;
-        let end = log.log_end_offset();
-        drop(log);
-        if !self.sync_before_ack() {
-            self.advance_high_watermark(end);
-        }
-        Ok(info)
-    }
-
-    /// Returns once everything below `end_offset` is durable (and committed).
-    /// Group commit: one fsync covers every append made before it started,
-    /// and a caller whose data a finished fsync covered returns without one.
-    /// Blocking.
-    pub fn sync_to_blocking(&self, end_offset: i64) -> Result<(), AppendError> {
-        if self.high_watermark() >= end_offset {
-            return Ok(());
-        }
-        let _flushing = self.flush.lock();
-        if self.high_watermark() >= end_offset {
-            return Ok(());
-        }
-        let (pending, end) = {
-            let mut log = self.log.lock();
-            (log.take_unflushed(FlushScope::Data)?, log.log_end_offset())
-        };
-        self.sync_captured(pending)?;
-        self.advance_high_watermark(end);
-        Ok(())
+        let config = self.log_config();
+        let request = bytes::Bytes::copy_from_slice(records);
+        let validated = validate_produce(&request, &config, now_ms)?.into_owned(&request);
+        let group = self
+            .group()
+            .ok_or_else(|| not_appended("the partition has no Raft group"))?;
+        let committed = self.context.runtime.block_on(async {
+            let pending = tokio::time::timeout(APPEND_COMMIT_WAIT, group.submit(validated, now_ms));
+            match pending.await {
+                Ok(Ok(pending)) => tokio::time::timeout(APPEND_COMMIT_WAIT, pending.committed())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ProduceError::Raft("not committed in time".to_string()))
+                    }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ProduceError::Raft("not handed to Raft in time".to_string())),
+            }
+        });
+        committed.map_err(|e| not_appended(&e.to_string()))?
     }
 
     /// fsyncs a captured flush (holding `flush`), taking the log offline if
@@ -282,32 +384,10 @@ impl Partition {
 
     /// Flushes without holding the log lock through the fsync (the
     /// `log.flush.interval.ms` task). Blocking.
-    ///
-    /// With `--fsync always` it also commits what it synced: an append whose
-    /// own group commit never ran (its request was abandoned when the client
-    /// left) becomes readable here at the latest.
     pub fn flush_blocking(&self) -> Result<(), LogError> {
         let _flushing = self.flush.lock();
-        let (pending, end) = {
-            let mut log = self.log.lock();
-            (log.take_unflushed(FlushScope::All)?, log.log_end_offset())
-        };
-        self.sync_captured(pending)?;
-        if self.sync_before_ack() {
-            self.advance_high_watermark(end);
-        }
-        Ok(())
-    }
-
-    fn advance_high_watermark(&self, end: i64) {
-        self.high_watermark.send_if_modified(|hw| {
-            // Concurrent group commits may finish out of order: keep the max.
-            let changed = end > *hw;
-            if changed {
-                *hw = end;
-            }
-            changed
-        });
+        let pending = self.log.lock().take_unflushed(FlushScope::All)?;
+        self.sync_captured(pending)
     }
 
     /// Reads committed batches from `offset`. Blocking.
@@ -346,6 +426,10 @@ impl Partition {
     }
 }
 
+fn not_appended(why: &str) -> AppendError {
+    AppendError::NotCommitted(why.to_string())
+}
+
 /// What [`ReplicaManager::open_partition_or_defer`] did.
 pub enum Opened {
     /// The partition is open and serving.
@@ -358,6 +442,10 @@ pub enum Opened {
 pub struct ReplicaManager {
     dir: PathBuf,
     fsync: FsyncPolicy,
+    context: Arc<GroupContext>,
+    /// Partitions being opened: each open starts a Raft group, which must
+    /// happen once.
+    opening: Mutex<std::collections::HashSet<TopicPartition>>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Partitions whose logs could not be opened yet (retried in the background).
     unopened: Mutex<HashMap<TopicPartition, Unopened>>,
@@ -367,10 +455,12 @@ pub struct ReplicaManager {
 }
 
 impl ReplicaManager {
-    pub fn new(config: &BrokerConfig) -> ReplicaManager {
+    pub fn new(config: &BrokerConfig, context: GroupContext) -> ReplicaManager {
         ReplicaManager {
             dir: config.log_dirs.clone(),
             fsync: config.fsync,
+            context: Arc::new(context),
+            opening: Mutex::new(std::collections::HashSet::new()),
             partitions: RwLock::new(HashMap::new()),
             unopened: Mutex::new(HashMap::new()),
             loading_after_clean_shutdown: AtomicBool::new(
@@ -419,23 +509,55 @@ impl ReplicaManager {
         self.partitions.read().values().cloned().collect()
     }
 
-    /// Opens (creating if needed) a partition's log. Blocking: recovery reads files.
+    /// Opens (creating if needed) a partition's log and starts its Raft
+    /// group over `voters`. Blocking: recovery reads files.
     pub fn open_partition(
         &self,
         tp: TopicPartition,
         topic_id: Uuid,
         config: LogConfig,
+        voters: Voters,
     ) -> Result<Arc<Partition>, LogError> {
-        if let Some(existing) = self.partitions.read().get(&tp) {
-            return Ok(existing.clone());
+        {
+            let mut opening = self.opening.lock();
+            if let Some(existing) = self.partitions.read().get(&tp) {
+                return Ok(existing.clone());
+            }
+            if !opening.insert(tp.clone()) {
+                return Err(LogError::Io {
+                    path: self.dir.join(tp.dir_name()),
+                    source: std::io::Error::other(
+                        "the partition is being opened by another request",
+                    ),
+                });
+            }
         }
+        let opened = self.open_new(tp.clone(), topic_id, config, voters);
+        self.opening.lock().remove(&tp);
+        opened
+    }
+
+    fn open_new(
+        &self,
+        tp: TopicPartition,
+        topic_id: Uuid,
+        config: LogConfig,
+        voters: Voters,
+    ) -> Result<Arc<Partition>, LogError> {
         let dir = self.dir.join(tp.dir_name());
         let log = if self.loading_after_clean_shutdown.load(Ordering::SeqCst) {
             PartitionLog::open_after_clean_shutdown(&dir, config)?
         } else {
             PartitionLog::open(&dir, config)?
         };
-        let partition = Arc::new(Partition::new(tp.clone(), topic_id, log, self.fsync));
+        let partition = Arc::new(Partition::open(
+            tp.clone(),
+            topic_id,
+            log,
+            voters,
+            self.context.clone(),
+            self.fsync == FsyncPolicy::Always,
+        )?);
         self.unopened.lock().remove(&tp);
         Ok(self
             .partitions
@@ -453,8 +575,9 @@ impl ReplicaManager {
         tp: TopicPartition,
         topic_id: Uuid,
         config: LogConfig,
+        voters: Voters,
     ) -> Opened {
-        match self.open_partition(tp.clone(), topic_id, config.clone()) {
+        match self.open_partition(tp.clone(), topic_id, config.clone(), voters.clone()) {
             Ok(partition) => Opened::Online(partition),
             Err(error) => {
                 tracing::error!(partition = %tp.dir_name(), %error, "cannot open partition; it is offline and retried in the background");
@@ -463,6 +586,7 @@ impl ReplicaManager {
                     Unopened {
                         topic_id,
                         config,
+                        voters,
                         backoff: Backoff::start(Instant::now()),
                     },
                 );
@@ -494,15 +618,15 @@ impl ReplicaManager {
                 partition.retry_reopen(now);
             }
         }
-        let due: Vec<(TopicPartition, Uuid, LogConfig)> = self
+        let due: Vec<(TopicPartition, Uuid, LogConfig, Voters)> = self
             .unopened
             .lock()
             .iter()
             .filter(|(_, u)| u.backoff.next_attempt <= now)
-            .map(|(tp, u)| (tp.clone(), u.topic_id, u.config.clone()))
+            .map(|(tp, u)| (tp.clone(), u.topic_id, u.config.clone(), u.voters.clone()))
             .collect();
-        for (tp, topic_id, config) in due {
-            match self.open_partition(tp.clone(), topic_id, config) {
+        for (tp, topic_id, config, voters) in due {
+            match self.open_partition(tp.clone(), topic_id, config, voters) {
                 Ok(_) => tracing::info!(partition = %tp.dir_name(), "offline partition opened"),
                 Err(error) => {
                     if let Some(u) = self.unopened.lock().get_mut(&tp) {
@@ -519,6 +643,7 @@ impl ReplicaManager {
         self.unopened.lock().remove(tp);
         let removed = self.partitions.write().remove(tp);
         if let Some(partition) = removed {
+            partition.stop_group();
             // Wake any fetch waiting on it so that it re-checks and sees the
             // partition is gone.
             partition.high_watermark.send_modify(|_| {});
@@ -575,6 +700,13 @@ impl ReplicaManager {
     /// start need not recover. Blocking.
     pub fn shutdown(&self) {
         let partitions: Vec<_> = self.partitions.write().drain().map(|(_, p)| p).collect();
+        let groups: Vec<_> = partitions
+            .iter()
+            .filter_map(|p| p.group.write().take())
+            .collect();
+        self.context
+            .runtime
+            .block_on(futures::future::join_all(groups.iter().map(|g| g.stop())));
         let mut clean = self.unopened.lock().is_empty();
         for partition in partitions {
             let _flushing = partition.flush.lock();
@@ -601,68 +733,5 @@ impl ReplicaManager {
                 tracing::warn!(error = %e, "cannot write the clean-shutdown marker; the next start recovers every log");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::log::batch::test_batches::TestBatch;
-
-    fn manager(fsync: FsyncPolicy, dir: &Path) -> ReplicaManager {
-        ReplicaManager {
-            dir: dir.to_path_buf(),
-            fsync,
-            partitions: RwLock::new(HashMap::new()),
-            unopened: Mutex::new(HashMap::new()),
-            loading_after_clean_shutdown: AtomicBool::new(false),
-        }
-    }
-
-    fn open(manager: &ReplicaManager) -> Arc<Partition> {
-        manager
-            .open_partition(
-                TopicPartition::new("t", 0),
-                Uuid::new_v4(),
-                LogConfig::default(),
-            )
-            .unwrap()
-    }
-
-    #[test]
-    fn with_fsync_always_the_high_watermark_waits_for_the_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let replicas = manager(FsyncPolicy::Always, dir.path());
-        let partition = open(&replicas);
-        let first = partition
-            .append_unsynced_blocking(&TestBatch::new(3).encode(), 0)
-            .unwrap();
-        let second = partition
-            .append_unsynced_blocking(&TestBatch::new(2).encode(), 0)
-            .unwrap();
-        assert_eq!(
-            partition.high_watermark(),
-            0,
-            "nothing is committed before its fsync"
-        );
-        assert_eq!(partition.log_end_offset(), 5);
-        // One sync for the first append covers the second too (group commit).
-        partition.sync_to_blocking(first.last_offset + 1).unwrap();
-        assert_eq!(partition.high_watermark(), second.last_offset + 1);
-        partition.sync_to_blocking(second.last_offset + 1).unwrap();
-        assert_eq!(partition.high_watermark(), 5);
-    }
-
-    #[test]
-    fn with_fsync_interval_an_append_is_committed_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let replicas = manager(FsyncPolicy::Interval, dir.path());
-        let partition = open(&replicas);
-        partition
-            .append_unsynced_blocking(&TestBatch::new(4).encode(), 0)
-            .unwrap();
-        assert_eq!(partition.high_watermark(), 4);
-        partition.flush_blocking().unwrap();
-        assert_eq!(partition.high_watermark(), 4);
     }
 }

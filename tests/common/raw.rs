@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Bound for one raw response or for the broker to close a connection.
-pub const RAW_RESPONSE_WAIT_MAX: Duration = Duration::from_secs(10);
+pub const RAW_RESPONSE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Largest response frame the raw tests accept (an ApiVersions response is a
 /// few hundred bytes).
 const RAW_RESPONSE_BYTES_MAX: usize = 1 << 20;

@@ -77,6 +77,7 @@ async fn start(
         },
         voters.clone(),
         log.clone(),
+        Arc::new(watch::Sender::new(0)),
         true,
         // Wide timers: the suite runs in parallel on two cores; this test
         // is about safety and progress, not how fast an election is.

@@ -4,6 +4,7 @@
 //! offsets, a producer retry is stored once, truncation cuts the segments,
 //! and recovery brings the index and the segments to a common end.
 
+use std::fs::OpenOptions;
 use std::sync::Arc;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
@@ -88,14 +89,32 @@ fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 0), index)
 }
 
+/// A produce entry nobody waits for (validated again by the store).
 fn produce(term: u64, index: u64, records: Vec<u8>) -> Entry<PartitionTypes> {
+    produce_token(term, index, records, u64::MAX)
+}
+
+fn produce_token(term: u64, index: u64, records: Vec<u8>, token: u64) -> Entry<PartitionTypes> {
     Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Normal(PartitionEntry::Produce {
             records: Bytes::from(records),
+            checked: None,
             now_ms: NOW_MS,
+            token,
         }),
     }
+}
+
+/// A produce entry whose outcome the returned receiver gets.
+fn produce_waited(
+    store: &PartitionStore,
+    term: u64,
+    index: u64,
+    records: Vec<u8>,
+) -> (Entry<PartitionTypes>, oneshot::Receiver<AppendOutcome>) {
+    let (token, outcome) = store.expect();
+    (produce_token(term, index, records, token), outcome)
 }
 
 fn blank(term: u64, index: u64) -> Entry<PartitionTypes> {
@@ -139,12 +158,13 @@ async fn the_leader_assigns_offsets_and_a_follower_stores_the_same_bytes() {
     let mut leader = PartitionStore::open(leader_log.clone(), true).expect("open");
     let mut follower = PartitionStore::open(follower_log.clone(), true).expect("open");
     // Raft's own entries take no offsets.
+    let (fourth, outcome) = produce_waited(&leader, 2, 4, batch(2));
     leader
         .blocking_append(vec![
             blank(1, 1),
             produce(1, 2, batch(3)),
             blank(2, 3),
-            produce(2, 4, batch(2)),
+            fourth,
             produce(2, 5, [batch(1), batch(4)].concat()),
         ])
         .await
@@ -153,12 +173,9 @@ async fn the_leader_assigns_offsets_and_a_follower_stores_the_same_bytes() {
         batches(&segment_bytes(&leader_log)),
         vec![(0, 2, 1), (3, 4, 2), (5, 5, 2), (6, 9, 2)]
     );
-    let outcome = leader
-        .take_outcome(4)
-        .expect("an outcome")
-        .expect("appended");
+    let outcome = outcome.await.expect("an outcome").expect("appended");
     assert_eq!((outcome.base_offset, outcome.last_offset), (3, 4));
-    assert!(leader.take_outcome(4).is_none(), "an outcome is taken once");
+    assert_eq!(leader.epochs(), vec![(1, 0), (2, 3)]);
 
     // What the leader replicates: its entries read back, offsets in place.
     let shipped = leader.try_get_log_entries(1..=5).await.expect("read");
@@ -187,17 +204,15 @@ async fn a_producer_retry_is_stored_once_and_answered_with_its_original_offsets(
         .timestamp(NOW_MS)
         .idempotent(7, 0, 0)
         .encode();
+    let (second, original) = produce_waited(&store, 1, 2, first.clone());
+    // The same batch again, as a producer retrying after a timeout.
+    let (third, retry) = produce_waited(&store, 1, 3, first);
     store
-        .blocking_append(vec![
-            produce(1, 1, batch(1)),
-            produce(1, 2, first.clone()),
-            // The same batch again, as a producer retrying after a timeout.
-            produce(1, 3, first),
-        ])
+        .blocking_append(vec![produce(1, 1, batch(1)), second, third])
         .await
         .expect("append");
-    let original = store.take_outcome(2).expect("outcome").expect("appended");
-    let retry = store.take_outcome(3).expect("outcome").expect("answered");
+    let original = original.await.expect("outcome").expect("appended");
+    let retry = retry.await.expect("outcome").expect("answered");
     assert!(retry.duplicate && !original.duplicate);
     assert_eq!((retry.base_offset, retry.last_offset), (1, 2));
     assert_eq!(log.lock().log_end_offset(), 3);
@@ -235,6 +250,46 @@ async fn truncation_cuts_the_segments_and_the_next_entries_reuse_no_offset_below
     assert_eq!(batches(&segment_bytes(&log)), vec![(0, 1, 1), (2, 5, 2)]);
     let state = store.get_log_state().await.expect("state");
     assert_eq!(state.last_log_id, Some(log_id(2, 3)));
+}
+
+#[tokio::test]
+async fn epochs_start_where_their_first_entry_does_and_truncation_forgets_removed_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open_log(dir.path());
+    let mut store = PartitionStore::open(log.clone(), true).expect("open");
+    store
+        .blocking_append(vec![
+            blank(1, 1),
+            produce(1, 2, batch(2)),
+            blank(3, 3),
+            produce(3, 4, batch(3)),
+            // A leader of term 4 that appended only its blank entry.
+            blank(4, 5),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(store.epochs(), vec![(1, 0), (3, 2), (4, 5)]);
+    // Kafka's answers: the latest epoch ends at the log end; an epoch with
+    // no entries answers for the largest one below it, ending where the
+    // next one starts; one below every epoch ends where the first starts.
+    assert_eq!(store.end_offset_for_epoch(4), (4, 5));
+    assert_eq!(store.end_offset_for_epoch(3), (3, 5));
+    assert_eq!(store.end_offset_for_epoch(2), (1, 2));
+    assert_eq!(store.end_offset_for_epoch(0), (0, 0));
+    assert_eq!(store.end_offset_for_epoch(5), (-1, -1));
+    // Term 5 disagrees from index 5 on: epoch 4 never existed.
+    store.truncate(log_id(4, 5)).await.expect("truncate");
+    assert_eq!(store.epochs(), vec![(1, 0), (3, 2)]);
+    store
+        .blocking_append(vec![blank(5, 5), produce(5, 6, batch(1))])
+        .await
+        .expect("append");
+    assert_eq!(store.epochs(), vec![(1, 0), (3, 2), (5, 5)]);
+    drop(store);
+    // The map is rebuilt from the index on open.
+    let store = PartitionStore::open(log.clone(), true).expect("reopen");
+    assert_eq!(store.epochs(), vec![(1, 0), (3, 2), (5, 5)]);
+    assert_eq!(store.end_offset_for_epoch(5), (5, 6));
 }
 
 #[tokio::test]
@@ -286,4 +341,46 @@ async fn recovery_cuts_the_longer_of_index_and_segments() {
         .await
         .expect("append");
     assert_eq!(batches(&segment_bytes(&log)), vec![(0, 1, 1), (2, 2, 2)]);
+}
+
+#[tokio::test]
+async fn entries_below_the_log_start_go_out_empty_and_a_follower_restarts_past_them() {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let (leader_log, follower_log) = (open_log(dirs[0].path()), open_log(dirs[1].path()));
+    let mut leader = PartitionStore::open(leader_log.clone(), true).expect("open");
+    let mut follower = PartitionStore::open(follower_log.clone(), true).expect("open");
+    leader
+        .blocking_append(vec![
+            produce(1, 1, batch(2)),
+            produce(1, 2, batch(3)),
+            produce(1, 3, batch(1)),
+        ])
+        .await
+        .expect("append");
+    // DeleteRecords (or retention) moves the leader's log start into entry 2.
+    leader_log
+        .lock()
+        .delete_records_before(3)
+        .expect("delete records");
+    let shipped = leader.try_get_log_entries(..).await.expect("read");
+    let sizes: Vec<usize> = shipped
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(PartitionEntry::Records { records }) => records.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        sizes[..2],
+        [0, 0],
+        "entries below the log start go out empty"
+    );
+    assert!(sizes[2] > 0);
+    // A follower that had none of it starts its log at the first batch it gets.
+    follower.blocking_append(shipped).await.expect("append");
+    let log = follower_log.lock();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (5, 6));
 }

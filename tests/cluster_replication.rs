@@ -1,0 +1,206 @@
+//! Partitions replicated over three `fjord` processes, each partition a
+//! Raft group: stock idempotent producers (acks=all) keep writing through
+//! the kill -9 of a partition's leader, a killed node that comes back
+//! catches up and can be part of the next majority, and every acknowledged
+//! record reads back exactly once, in order. With `min.insync.replicas`
+//! above the replicas alive, acks=all is refused with NOT_ENOUGH_REPLICAS.
+//!
+//! Safety only: how long a failover takes is measured in the benchmark.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{MetadataRequest, ProduceRequest};
+
+use common::kafka_rpc::{admin, KafkaConnection};
+use common::{
+    assert_exactly_acked, consume_all, produce_ids, producer, unique_topic, Broker,
+    BULK_PRODUCER_SETTINGS,
+};
+
+const NODES: usize = 3;
+const PARTITIONS: i32 = 3;
+const ROUND: u64 = 300;
+const KEYS: u64 = 30;
+/// Bound for the cluster to converge (leaders elected, a node caught up).
+const CONVERGE_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Each partition's (leader, replicas) as `bootstrap` reports them.
+async fn leaders(bootstrap: &str, topic: &str) -> Result<BTreeMap<i32, (i32, Vec<i32>)>> {
+    let mut conn = KafkaConnection::connect(bootstrap).await?;
+    let metadata = conn
+        .send(
+            12,
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(false)
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(admin::topic_name(topic))),
+                ])),
+        )
+        .await?;
+    let mut out = BTreeMap::new();
+    for t in &metadata.topics {
+        for p in &t.partitions {
+            out.insert(
+                p.partition_index,
+                (p.leader_id.0, p.replica_nodes.iter().map(|b| b.0).collect()),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until each of the `partitions` partitions of `topic` has a leader
+/// among `alive`, as `bootstrap` reports it; returns the leaders.
+async fn await_leaders(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    alive: &[i32],
+) -> Result<BTreeMap<i32, i32>> {
+    let started = Instant::now();
+    loop {
+        let seen = leaders(bootstrap, topic).await.unwrap_or_default();
+        let led: BTreeMap<i32, i32> = seen.iter().map(|(&p, (l, _))| (p, *l)).collect();
+        if led.len() == partitions as usize && led.values().all(|l| alive.contains(l)) {
+            return Ok(led);
+        }
+        ensure!(
+            started.elapsed() < CONVERGE_WAIT_MAX,
+            "partitions of {topic} have no leader among {alive:?}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_leader_kills_and_a_returning_node_catches_up() -> Result<()> {
+    let Some(mut nodes) = Broker::start_cluster(
+        "acknowledged_records_survive_leader_kills_and_a_returning_node_catches_up",
+        NODES,
+        &[],
+    )?
+    else {
+        return Ok(());
+    };
+    let bootstraps: Vec<String> = nodes.iter().map(|n| n.bootstrap().to_string()).collect();
+    let everyone = bootstraps.join(",");
+    let topic = unique_topic("replicated");
+    let mut conn = KafkaConnection::connect(&bootstraps[0]).await?;
+    // The default replication factor: min(3, voters).
+    let created = admin::create_topic(&mut conn, &topic, PARTITIONS, &[], false).await?;
+    ensure!(created.error_code == 0, "CreateTopics: {created:?}");
+    let all_ids: Vec<i32> = (1..=NODES as i32).collect();
+    await_leaders(&bootstraps[0], &topic, PARTITIONS, &all_ids).await?;
+    for (p, (_, replicas)) in leaders(&bootstraps[1], &topic).await? {
+        ensure!(
+            replicas.len() == 3,
+            "partition {p} has replicas {replicas:?}"
+        );
+    }
+
+    let idempotent: Vec<(&str, &str)> = BULK_PRODUCER_SETTINGS
+        .iter()
+        .copied()
+        .chain([
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", "60000"),
+        ])
+        .collect();
+    let producer = producer(&everyone, &idempotent)?;
+    let mut acks = produce_ids(&producer, &topic, 0..ROUND, KEYS).await?;
+
+    // kill -9 the leader of partition 0: its partitions elect new leaders
+    // among the other two, and the producer carries on.
+    let led = leaders(&bootstraps[1], &topic).await?;
+    let victim = led.get(&0).context("partition 0")?.0;
+    ensure!(victim >= 1, "partition 0 has no leader: {led:?}");
+    nodes[victim as usize - 1].kill9()?;
+    let survivors: Vec<i32> = all_ids.iter().copied().filter(|&n| n != victim).collect();
+    let witness = &bootstraps[survivors[0] as usize - 1];
+    await_leaders(witness, &topic, PARTITIONS, &survivors).await?;
+    acks.extend(produce_ids(&producer, &topic, ROUND..2 * ROUND, KEYS).await?);
+    let records = consume_all(witness, &topic, PARTITIONS, CONVERGE_WAIT_MAX).await?;
+    assert_exactly_acked(&acks, &records, KEYS)?;
+
+    // The killed node comes back with its data, catches up, and is then
+    // needed: another node is killed, so it is part of every majority.
+    nodes[victim as usize - 1].spawn_again()?;
+    nodes[victim as usize - 1].wait_ready()?;
+    acks.extend(produce_ids(&producer, &topic, 2 * ROUND..3 * ROUND, KEYS).await?);
+    let second = survivors[1];
+    nodes[second as usize - 1].kill9()?;
+    let remaining: Vec<i32> = all_ids.iter().copied().filter(|&n| n != second).collect();
+    let returned = &bootstraps[victim as usize - 1];
+    await_leaders(returned, &topic, PARTITIONS, &remaining).await?;
+    acks.extend(produce_ids(&producer, &topic, 3 * ROUND..4 * ROUND, KEYS).await?);
+    let records = consume_all(returned, &topic, PARTITIONS, CONVERGE_WAIT_MAX).await?;
+    assert_exactly_acked(&acks, &records, KEYS)?;
+    drop(producer);
+
+    // min.insync.replicas=3 with a node down: acks=all is refused.
+    let strict = unique_topic("strict");
+    let mut conn = KafkaConnection::connect(returned).await?;
+    nodes[second as usize - 1].spawn_again()?;
+    nodes[second as usize - 1].wait_ready()?;
+    let created = admin::create_topic(
+        &mut conn,
+        &strict,
+        1,
+        &[("min.insync.replicas", "3")],
+        false,
+    )
+    .await?;
+    ensure!(created.error_code == 0, "CreateTopics: {created:?}");
+    let led = await_leaders(returned, &strict, 1, &all_ids).await?;
+    let leader = led[&0];
+    let follower = all_ids
+        .iter()
+        .copied()
+        .find(|&n| n != leader)
+        .context("a follower")?;
+    nodes[follower as usize - 1].kill9()?;
+    let mut leader_conn = KafkaConnection::connect(&bootstraps[leader as usize - 1]).await?;
+    let started = Instant::now();
+    loop {
+        let code = produce_one(&mut leader_conn, &strict).await?;
+        if code == ResponseError::NotEnoughReplicas.code() {
+            break;
+        }
+        ensure!(
+            code == 0 && started.elapsed() < CONVERGE_WAIT_MAX,
+            "acks=all with a replica of 3 down answered {code}, not NOT_ENOUGH_REPLICAS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in &mut nodes {
+        let _ = node.stop();
+    }
+    Ok(())
+}
+
+/// One acks=all produce of one record to partition 0; its error code.
+async fn produce_one(conn: &mut KafkaConnection, topic: &str) -> Result<i16> {
+    let batch = common::bulk::batch(1, topic, fjord::broker::now_ms())?;
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(admin::topic_name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))])]);
+    let response = conn.send(9, &request).await?;
+    response
+        .responses
+        .first()
+        .and_then(|t| t.partition_responses.first())
+        .map(|p| p.error_code)
+        .context("produce response without a partition")
+}
