@@ -127,13 +127,20 @@ impl Broker {
             runtime: tokio::runtime::Handle::current(),
             shutdown: shutdown.clone(),
         };
+        let following = shutdown.clone();
         let metadata = ClusterMetadata::start(&config, transport, registry, shutdown).await?;
         let opened = tokio::task::spawn_blocking(move || {
             Broker::open(config, config_sources, dir_lock, metadata, context)
         })
         .await??;
+        let broker = Arc::new(opened);
+        broker
+            .groups
+            .clone()
+            .follow_leadership(broker.clone(), following)
+            .await;
         Ok(Started {
-            broker: Arc::new(opened),
+            broker,
             peer_server,
         })
     }
@@ -189,7 +196,6 @@ impl Broker {
             );
         }
         broker.ensure_offsets_topic()?;
-        broker.groups.load(&broker)?;
         Ok(broker)
     }
 

@@ -4,6 +4,8 @@
 //! catches up and can be part of the next majority, and every acknowledged
 //! record reads back exactly once, in order. With `min.insync.replicas`
 //! above the replicas alive, acks=all is refused with NOT_ENOUGH_REPLICAS.
+//! A consumer group's committed offsets survive the kill of its
+//! coordinator: the new leader of its offsets partition replays them.
 //!
 //! Safety only: how long a failover takes is measured in the benchmark.
 
@@ -203,4 +205,152 @@ async fn produce_one(conn: &mut KafkaConnection, topic: &str) -> Result<i16> {
         .and_then(|t| t.partition_responses.first())
         .map(|p| p.error_code)
         .context("produce response without a partition")
+}
+
+/// The group coordinator named by `bootstrap` for `group`, once one is.
+async fn coordinator(bootstrap: &str, group: &str) -> Result<i32> {
+    let started = Instant::now();
+    loop {
+        let mut conn = KafkaConnection::connect(bootstrap).await?;
+        let found = conn
+            .send(
+                3,
+                &kafka_protocol::messages::FindCoordinatorRequest::default()
+                    .with_key(admin::s(group)),
+            )
+            .await?;
+        if found.error_code == 0 {
+            return Ok(found.node_id.0);
+        }
+        ensure!(
+            started.elapsed() < CONVERGE_WAIT_MAX,
+            "no coordinator for {group}: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A simple consumer's commit (no generation) of `offset` for partition 0.
+async fn commit(conn: &mut KafkaConnection, group: &str, topic: &str, offset: i64) -> Result<i16> {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    let request = kafka_protocol::messages::OffsetCommitRequest::default()
+        .with_group_id(kafka_protocol::messages::GroupId(admin::s(group)))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(admin::topic_name(topic))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(offset)])]);
+    let response = conn.send(8, &request).await?;
+    response
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .map(|p| p.error_code)
+        .context("commit response without a partition")
+}
+
+/// The committed offset of partition 0 (or an error code).
+async fn fetch(conn: &mut KafkaConnection, group: &str, topic: &str) -> Result<Result<i64, i16>> {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let request = kafka_protocol::messages::OffsetFetchRequest::default()
+        .with_group_id(kafka_protocol::messages::GroupId(admin::s(group)))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(admin::topic_name(topic))
+            .with_partition_indexes(vec![0])]));
+    let response = conn.send(7, &request).await?;
+    if response.error_code != 0 {
+        return Ok(Err(response.error_code));
+    }
+    let p = response
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .context("fetch response without a partition")?;
+    Ok(if p.error_code == 0 {
+        Ok(p.committed_offset)
+    } else {
+        Err(p.error_code)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_the_kill_of_the_coordinator() -> Result<()> {
+    let Some(mut nodes) = Broker::start_cluster(
+        "committed_offsets_survive_the_kill_of_the_coordinator",
+        NODES,
+        &[],
+    )?
+    else {
+        return Ok(());
+    };
+    let bootstraps: Vec<String> = nodes.iter().map(|n| n.bootstrap().to_string()).collect();
+    let topic = unique_topic("coordinated");
+    let group = unique_topic("group");
+    let mut conn = KafkaConnection::connect(&bootstraps[0]).await?;
+    let created = admin::create_topic(&mut conn, &topic, 1, &[], false).await?;
+    ensure!(created.error_code == 0, "CreateTopics: {created:?}");
+
+    // Commits through the coordinator, each one a new offset, after the
+    // other nodes loaded what they hold.
+    let first = coordinator(&bootstraps[0], &group).await?;
+    let mut conn = KafkaConnection::connect(&bootstraps[first as usize - 1]).await?;
+    let started = Instant::now();
+    for offset in 1..=20 {
+        loop {
+            let code = commit(&mut conn, &group, &topic, offset).await?;
+            if code == 0 {
+                break;
+            }
+            // Retriable while the coordinator finishes loading.
+            ensure!(
+                code == ResponseError::CoordinatorLoadInProgress.code()
+                    && started.elapsed() < CONVERGE_WAIT_MAX,
+                "commit {offset}: error {code}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // kill -9 the coordinator: the new leader of the group's offsets
+    // partition takes over with every committed offset.
+    nodes[first as usize - 1].kill9()?;
+    let witness = &bootstraps[if first == 1 { 1 } else { 0 }];
+    let started = Instant::now();
+    let next = loop {
+        let next = coordinator(witness, &group).await?;
+        if next != first {
+            break next;
+        }
+        ensure!(
+            started.elapsed() < CONVERGE_WAIT_MAX,
+            "the dead node {first} is still named the coordinator"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut conn = KafkaConnection::connect(&bootstraps[next as usize - 1]).await?;
+    let started = Instant::now();
+    loop {
+        match fetch(&mut conn, &group, &topic).await? {
+            Ok(offset) => {
+                ensure!(
+                    offset == 20,
+                    "the new coordinator {next} has offset {offset}, not 20"
+                );
+                break;
+            }
+            Err(code) => ensure!(
+                code == ResponseError::CoordinatorLoadInProgress.code()
+                    && started.elapsed() < CONVERGE_WAIT_MAX,
+                "OffsetFetch on the new coordinator {next}: error {code}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for node in &mut nodes {
+        let _ = node.stop();
+    }
+    Ok(())
 }

@@ -101,8 +101,16 @@ pub struct GroupCoordinator {
     appended_since_snapshot: Mutex<HashMap<i32, usize>>,
     /// Records appended to a partition before it is compacted (a field so
     /// tests can lower it).
-    pub(crate) snapshot_after_records: usize,
+    pub(crate) snapshot_after_records: std::sync::atomic::AtomicUsize,
+    /// Offsets partitions this node leads and has replayed, with the term
+    /// (leader epoch) it replayed them in: it coordinates their groups only
+    /// in that term.
+    loaded_terms: Mutex<HashMap<i32, u64>>,
 }
+
+/// How long `Broker::start` waits for the offsets partitions a lone voter
+/// leads to be replayed (they are elected and applied at once).
+pub const LONE_LOAD_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Timers {
@@ -124,7 +132,8 @@ impl GroupCoordinator {
                 .map(|_| Mutex::new(()))
                 .collect(),
             appended_since_snapshot: Mutex::new(HashMap::new()),
-            snapshot_after_records: SNAPSHOT_AFTER_RECORDS,
+            snapshot_after_records: std::sync::atomic::AtomicUsize::new(SNAPSHOT_AFTER_RECORDS),
+            loaded_terms: Mutex::new(HashMap::new()),
         }
     }
 
@@ -142,14 +151,167 @@ impl GroupCoordinator {
     }
 
     /// Whether this node coordinates `group_id`: it leads the group's
-    /// `__consumer_offsets` partition. Otherwise NOT_COORDINATOR (another
-    /// node leads it; clients ask FindCoordinator again) or
-    /// COORDINATOR_NOT_AVAILABLE (nobody does now).
+    /// `__consumer_offsets` partition and has replayed it in its current
+    /// term. Otherwise NOT_COORDINATOR (another node leads it; clients ask
+    /// FindCoordinator again), COORDINATOR_LOAD_IN_PROGRESS (this node has
+    /// just been elected and is replaying it) or COORDINATOR_NOT_AVAILABLE
+    /// (nobody leads it now). All three are retriable.
     pub fn coordinates(&self, broker: &Broker, group_id: &str) -> Result<(), ResponseError> {
         match broker.coordinator_of(group_id) {
-            Some(node) if node == broker.config.node_id => Ok(()),
+            Some(node) if node == broker.config.node_id => {
+                let partition = self.partition_of(group_id);
+                let term = broker
+                    .replicas
+                    .get(OFFSETS_TOPIC, partition)
+                    .map(|p| p.leadership())
+                    .filter(|l| l.is_me)
+                    .map(|l| l.term);
+                match term {
+                    Some(t) if self.loaded_terms.lock().get(&partition) == Some(&t) => Ok(()),
+                    Some(_) => Err(ResponseError::CoordinatorLoadInProgress),
+                    None => Err(ResponseError::NotCoordinator),
+                }
+            }
             Some(_) => Err(ResponseError::NotCoordinator),
             None => Err(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+
+    /// Follows the leadership of every `__consumer_offsets` partition
+    /// hosted here: when this node leads one and has applied the first
+    /// entry of its term (so everything committed before is applied), it
+    /// replays that partition, replacing the groups it held of it; when it
+    /// stops leading, it drops them. Then waits (at most
+    /// [`LONE_LOAD_WAIT`]) for the partitions of lone-voter groups, which
+    /// elect themselves at once, so that a single node coordinates from its
+    /// first request.
+    pub async fn follow_leadership(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let mut lone = Vec::new();
+        for partition in 0..self.offsets.partitions {
+            if broker
+                .replicas
+                .get(OFFSETS_TOPIC, partition)
+                .is_some_and(|p| p.replica_ids().len() == 1)
+            {
+                lone.push(partition);
+            }
+            // Every partition, hosted yet or not: a node that joins a
+            // cluster opens its offsets partitions when it applies them.
+            tokio::spawn(self.clone().follow_partition(
+                Arc::downgrade(&broker),
+                partition,
+                shutdown.clone(),
+            ));
+        }
+        let all_loaded = async {
+            loop {
+                if lone
+                    .iter()
+                    .all(|p| self.loaded_terms.lock().contains_key(p))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(LONE_LOAD_WAIT, all_loaded)
+            .await
+            .is_err()
+        {
+            tracing::warn!("offsets partitions not replayed within {LONE_LOAD_WAIT:?}; their groups answer COORDINATOR_LOAD_IN_PROGRESS until they are");
+        }
+    }
+
+    /// One offsets partition's watcher. It holds the broker weakly (never
+    /// across a wait), so a broker that is dropped is not kept alive.
+    async fn follow_partition(
+        self: Arc<Self>,
+        broker: std::sync::Weak<Broker>,
+        partition: i32,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let hosted = |broker: &std::sync::Weak<Broker>| {
+            let b = broker.upgrade()?;
+            let node = b.config.node_id as u64;
+            let group = b.replicas.get(OFFSETS_TOPIC, partition)?.group()?;
+            Some((node, group))
+        };
+        loop {
+            if broker.strong_count() == 0 {
+                return;
+            }
+            let Some((node, group)) = hosted(&broker) else {
+                // Not hosted (yet): look again in a moment.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
+            let mut metrics = group.raft.metrics();
+            loop {
+                let (leading, term) = {
+                    let m = metrics.borrow_and_update();
+                    let leading = m.state == openraft::ServerState::Leader
+                        && m.current_leader == Some(node)
+                        && m.last_applied
+                            .is_some_and(|l| l.leader_id.term == m.current_term);
+                    (leading, m.current_term)
+                };
+                let loaded = self.loaded_terms.lock().get(&partition).copied();
+                if leading && loaded != Some(term) {
+                    let Some(b) = broker.upgrade() else { return };
+                    let c = self.clone();
+                    let replayed =
+                        tokio::task::spawn_blocking(move || c.load_partitions(&b, &[partition]))
+                            .await;
+                    match replayed {
+                        Ok(Ok(())) => {
+                            self.loaded_terms.lock().insert(partition, term);
+                            tracing::info!(
+                                partition,
+                                term,
+                                "coordinating the groups of an offsets partition"
+                            );
+                            continue;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(partition, error = %e, "replaying an offsets partition failed; retrying")
+                        }
+                        Err(e) => {
+                            tracing::warn!(partition, error = %e, "replaying an offsets partition failed; retrying")
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                if !leading && loaded.is_some() && !group.leadership().is_me {
+                    self.loaded_terms.lock().remove(&partition);
+                    self.groups
+                        .lock()
+                        .retain(|id, _| self.partition_of(id) != partition);
+                    tracing::info!(
+                        partition,
+                        "no longer coordinating the groups of an offsets partition"
+                    );
+                }
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { break },
+                    _ = shutdown.changed() => return,
+                }
+            }
+            // The group stopped (deleted, or restarted after its log was
+            // reopened): follow its successor, if any.
+            self.loaded_terms.lock().remove(&partition);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 
@@ -759,13 +921,14 @@ impl GroupCoordinator {
         }
     }
 
-    /// Rebuilds groups and offsets from `__consumer_offsets`. Blocking; runs
-    /// before the broker accepts clients.
-    pub fn load(&self, broker: &Broker) -> anyhow::Result<()> {
+    /// Rebuilds the groups and offsets of `partitions` of
+    /// `__consumer_offsets` from what they hold up to the high watermark,
+    /// replacing the groups of those partitions held before. Blocking.
+    pub fn load_partitions(&self, broker: &Broker, partitions: &[i32]) -> anyhow::Result<()> {
         let mut loaded: Loaded = HashMap::new();
         let mut replayed: HashMap<i32, usize> = HashMap::new();
         let mut count = 0usize;
-        for partition in 0..self.offsets.partitions {
+        for &partition in partitions {
             let Some(p) = broker.replicas.get(OFFSETS_TOPIC, partition) else {
                 continue;
             };
@@ -806,6 +969,7 @@ impl GroupCoordinator {
         }
         let now = self.now_ms();
         let mut groups = self.groups.lock();
+        groups.retain(|id, _| !partitions.contains(&self.partition_of(id)));
         for (id, (meta, offsets)) in loaded {
             let mut group = match meta {
                 Some(v) => Group::restore(
@@ -825,16 +989,20 @@ impl GroupCoordinator {
             self.schedule(&group);
             groups.insert(id, group);
         }
-        tracing::info!(
+        tracing::debug!(
+            ?partitions,
             groups = groups.len(),
             records = count,
-            "group coordinator loaded"
+            "offsets partitions replayed"
         );
         drop(groups);
         // Compact partitions whose replay was long, before clients arrive.
         for (partition, n) in replayed {
             self.appended_since_snapshot.lock().insert(partition, n);
-            if n >= self.snapshot_after_records {
+            if n >= self
+                .snapshot_after_records
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
                 self.snapshot_blocking(broker, partition);
             }
         }
@@ -1005,7 +1173,11 @@ impl GroupCoordinator {
                 after(&mut coordinator.groups.lock());
             }
             let since = coordinator.note_appended(partition, records.len());
-            if since >= coordinator.snapshot_after_records {
+            if since
+                >= coordinator
+                    .snapshot_after_records
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
                 coordinator.snapshot_blocking(&b, partition);
             }
             Ok(())
@@ -1114,13 +1286,14 @@ mod tests {
         // The broker runs until the process ends: its shutdown never fires.
         let (stop, stop_rx) = watch::channel(false);
         std::mem::forget(stop);
-        let mut broker = Broker::start(sources, stop_rx)
+        let broker = Broker::start(sources, stop_rx)
             .await
             .expect("broker starts")
             .broker;
-        Arc::get_mut(&mut Arc::get_mut(&mut broker).expect("sole owner").groups)
-            .expect("sole owner")
-            .snapshot_after_records = snapshot_after;
+        broker
+            .groups
+            .snapshot_after_records
+            .store(snapshot_after, std::sync::atomic::Ordering::Relaxed);
         broker
     }
 
