@@ -395,7 +395,8 @@ impl Broker {
 
     /// The voters of one partition's Raft group: its replicas.
     fn voters(&self, topic: &TopicMeta, partition: i32) -> Voters {
-        self.metadata.group_voters(topic.replicas_of(partition))
+        let replicas = topic.replicas_of(partition);
+        Voters::new(replicas, self.metadata.group_voters(replicas))
     }
 
     /// The partitions of `topic` from `from` on that have a replica here.
@@ -855,15 +856,30 @@ fn move_aside_leftover(dir: &std::path::Path) -> Result<(), String> {
     std::fs::rename(dir, &aside).map_err(|e| format!("cannot move {} aside: {e}", dir.display()))
 }
 
-/// Runs a broker until `shutdown` fires, then closes every log cleanly.
+/// Runs a broker until `stop` fires, then (`controlled.shutdown.enable`)
+/// hands its leaderships to other replicas while still serving clients,
+/// and closes every log cleanly.
 pub async fn run(
     config_sources: ConfigSources,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // Everything below stops on `shutdown`, which fires only once the
+    // leaderships moved: clients keep getting answers (NOT_LEADER_OR_FOLLOWER,
+    // then Metadata naming the new leaders) meanwhile.
+    let (stopping, shutdown) = watch::channel(false);
+    // A stop while starting (waiting for the quorum, say) ends the start.
+    let started = tokio::select! {
+        started = Broker::start(config_sources, shutdown.clone()) => started?,
+        _ = stop.wait_for(|stop| *stop) => {
+            let _ = stopping.send(true);
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
     let Started {
         broker,
         peer_server,
-    } = Broker::start(config_sources, shutdown.clone()).await?;
+    } = started;
     let config = broker.config.clone();
     tracing::info!(
         node_id = config.node_id,
@@ -892,13 +908,20 @@ pub async fn run(
 
     let background = tokio::spawn(background_tasks(broker.clone(), shutdown.clone()));
     let reconciling = tokio::spawn(reconcile_on_change(broker.clone(), shutdown.clone()));
+    let rebalancing = config
+        .auto_leader_rebalance_enable
+        .then(|| tokio::spawn(rebalance_leaders(broker.clone(), shutdown.clone())));
     let group_timers = tokio::spawn(
         broker
             .groups
             .clone()
             .run_timers(broker.clone(), shutdown.clone()),
     );
-    let _ = shutdown.wait_for(|stop| *stop).await;
+    let _ = stop.wait_for(|stop| *stop).await;
+    if config.controlled_shutdown_enable {
+        controlled_shutdown(&broker).await;
+    }
+    let _ = stopping.send(true);
     tracing::info!("shutting down");
     for server in servers {
         let _ = server.await;
@@ -906,6 +929,9 @@ pub async fn run(
     background.abort();
     group_timers.abort();
     reconciling.abort();
+    if let Some(task) = rebalancing {
+        task.abort();
+    }
     if let Some(server) = peer_server {
         let _ = server.await;
     }
@@ -914,6 +940,34 @@ pub async fn run(
     tokio::task::spawn_blocking(move || closing.replicas.shutdown()).await?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// How long handing one partition back to its preferred leader may pause
+/// its writes before the hand-over is given up (tried again at the next
+/// check).
+const PREFERRED_HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a controlled shutdown waits for the leaderships to move before
+/// the node stops anyway (the partitions left then elect by timeout).
+const CONTROLLED_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// Kafka's controlled shutdown: every partition this node leads, and the
+/// metadata group if it leads that, moves to a caught-up replica.
+async fn controlled_shutdown(broker: &Broker) {
+    let started = std::time::Instant::now();
+    broker.replicas.set_leaving();
+    let (partitions, metadata) = tokio::join!(
+        broker.replicas.resign_all(CONTROLLED_SHUTDOWN_WAIT),
+        broker.metadata.resign(CONTROLLED_SHUTDOWN_WAIT),
+    );
+    let (moved, failed) = partitions;
+    tracing::info!(
+        partitions_moved = moved,
+        partitions_not_moved = failed,
+        metadata = ?metadata,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "controlled shutdown: leaderships handed over"
+    );
 }
 
 /// Reconciles this node's logs with the metadata each time it applies a
@@ -965,6 +1019,35 @@ async fn background_tasks(broker: Arc<Broker>, mut shutdown: watch::Receiver<boo
                 let _ = tokio::task::spawn_blocking(move || b.replicas.enforce_retention_all(now_ms())).await;
             }
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Kafka's auto leader rebalance (`auto.leader.rebalance.enable`): every
+/// `leader.imbalance.check.interval.seconds`, the partitions this node leads
+/// go back to their preferred leaders where those are in sync.
+async fn rebalance_leaders(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let config = broker.config.clone();
+    let every = Duration::from_secs(config.leader_imbalance_check_interval_seconds.max(1));
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = check.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let moved = broker
+            .replicas
+            .restore_preferred_leaders(
+                Duration::from_millis(config.replica_lag_time_max_ms),
+                PREFERRED_HAND_OVER_WAIT,
+            )
+            .await;
+        if moved > 0 {
+            tracing::info!(
+                partitions = moved,
+                "handed partitions back to their preferred leaders"
+            );
         }
     }
 }

@@ -122,6 +122,13 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms`: a follower that has not caught up with the
     /// leader for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `controlled.shutdown.enable`: on SIGTERM, hand every partition this
+    /// node leads to a caught-up follower before stopping.
+    pub controlled_shutdown_enable: bool,
+    /// `auto.leader.rebalance.enable`: hand partitions back to their
+    /// preferred leaders every `leader.imbalance.check.interval.seconds`.
+    pub auto_leader_rebalance_enable: bool,
+    pub leader_imbalance_check_interval_seconds: u64,
     pub advertised_listeners: Vec<Listener>,
     pub log_dirs: PathBuf,
     pub num_partitions: i32,
@@ -230,6 +237,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("group.max.size", "10000"),
     ("broker.rack", ""),
     ("replica.lag.time.max.ms", "30000"),
+    ("controlled.shutdown.enable", "true"),
+    ("auto.leader.rebalance.enable", "true"),
+    ("leader.imbalance.check.interval.seconds", "300"),
     // ---- Resource limits (request memory, descriptors) ----
     // Kafka's name; Kafka's default is -1 (unlimited). 256 MiB: room for two
     // requests of the largest size (socket.request.max.bytes, 100 MiB) plus
@@ -286,6 +296,9 @@ const ACCEPTED_IGNORED: &[&str] = &[
     "socket.send.buffer.bytes",
     "socket.receive.buffer.bytes",
     "num.recovery.threads.per.data.dir",
+    // Fjord hands every partition back to its preferred leader at each
+    // check, whatever the imbalance.
+    "leader.imbalance.per.broker.percentage",
 ];
 
 /// The raw `key -> value` map before parsing, in precedence order of sources.
@@ -488,6 +501,10 @@ impl ConfigSources {
             offsets_topic_replication_factor,
             min_insync_replicas: self.num("min.insync.replicas")?,
             replica_lag_time_max_ms: self.num("replica.lag.time.max.ms")?,
+            controlled_shutdown_enable: self.boolean("controlled.shutdown.enable")?,
+            auto_leader_rebalance_enable: self.boolean("auto.leader.rebalance.enable")?,
+            leader_imbalance_check_interval_seconds: self
+                .num("leader.imbalance.check.interval.seconds")?,
             advertised_listeners: advertised,
             log_dirs: PathBuf::from(
                 self.get("log.dirs")
@@ -1150,6 +1167,27 @@ const PROPERTIES: &[PropertyDef] = &[
         V::AtLeast(1),
         RO,
         "A follower that has not caught up with its leader for this long leaves the ISR.",
+    ),
+    def(
+        "controlled.shutdown.enable",
+        T::Boolean,
+        V::Any,
+        RO,
+        "On SIGTERM, move the leadership of every partition this node leads to a caught-up follower before stopping.",
+    ),
+    def(
+        "auto.leader.rebalance.enable",
+        T::Boolean,
+        V::Any,
+        RO,
+        "Hand each partition back to its preferred leader (its first replica) once that replica is in sync again.",
+    ),
+    def(
+        "leader.imbalance.check.interval.seconds",
+        T::Long,
+        V::AtLeast(1),
+        RO,
+        "How often each node checks the partitions it leads for a preferred leader to hand them back to.",
     ),
     def(
         "group.initial.rebalance.delay.ms",

@@ -187,6 +187,102 @@ async fn acknowledged_records_survive_leader_kills_and_a_returning_node_catches_
     Ok(())
 }
 
+/// Waits until every partition of `topic` is led by its first replica, as
+/// `bootstrap` reports it.
+async fn await_preferred_leaders(bootstrap: &str, topic: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let seen = leaders(bootstrap, topic).await.unwrap_or_default();
+        if !seen.is_empty() && seen.values().all(|(l, r)| r.first() == Some(l)) {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < CONVERGE_WAIT_MAX,
+            "partitions of {topic} not led by their preferred replicas: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A rolling restart with SIGTERM: each node in turn hands the partitions
+/// it leads to another replica before it exits (controlled shutdown), so
+/// the moment it is gone the survivors already name a new leader for each
+/// of them (an election after a crash would take at least the election
+/// timeout); the idempotent producer writing meanwhile loses nothing. Each
+/// partition's preferred leader leads first, and leads again once the
+/// restarts are over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_hands_leaderships_over_before_each_node_stops() -> Result<()> {
+    let Some(mut nodes) = Broker::start_cluster(
+        "a_rolling_restart_hands_leaderships_over_before_each_node_stops",
+        NODES,
+        &["--override", "leader.imbalance.check.interval.seconds=1"],
+    )?
+    else {
+        return Ok(());
+    };
+    let bootstraps: Vec<String> = nodes.iter().map(|n| n.bootstrap().to_string()).collect();
+    let everyone = bootstraps.join(",");
+    let topic = unique_topic("rolling");
+    let mut conn = KafkaConnection::connect(&bootstraps[0]).await?;
+    let created = admin::create_topic(&mut conn, &topic, PARTITIONS, &[], false).await?;
+    ensure!(created.error_code == 0, "CreateTopics: {created:?}");
+    let all_ids: Vec<i32> = (1..=NODES as i32).collect();
+    await_leaders(&bootstraps[0], &topic, PARTITIONS, &all_ids).await?;
+    // Each partition's first replica (its preferred leader) leads first.
+    await_preferred_leaders(&bootstraps[0], &topic).await?;
+    let idempotent: Vec<(&str, &str)> = BULK_PRODUCER_SETTINGS
+        .iter()
+        .copied()
+        .chain([("enable.idempotence", "true")])
+        .collect();
+    let producer = producer(&everyone, &idempotent)?;
+    let mut acks = produce_ids(&producer, &topic, 0..ROUND, KEYS).await?;
+    let mut next = ROUND;
+
+    for victim in all_ids.iter().copied() {
+        // Settled first: the node that returned last leads its partitions
+        // again (no hand-over is still under way).
+        await_preferred_leaders(&bootstraps[0], &topic).await?;
+        let led = await_leaders(&bootstraps[0], &topic, PARTITIONS, &all_ids).await?;
+        let survivors: Vec<i32> = all_ids.iter().copied().filter(|&n| n != victim).collect();
+        nodes[victim as usize - 1].stop()?;
+        // The node has exited: a partition it led shows a new leader on a
+        // survivor at once (the new leader knows first, so ask both).
+        let mut views = Vec::new();
+        for &s in &survivors {
+            views.push(leaders(&bootstraps[s as usize - 1], &topic).await?);
+        }
+        for (&p, &old) in led.iter().filter(|(_, &l)| l == victim) {
+            let moved = views.iter().any(|view| {
+                view.get(&p)
+                    .is_some_and(|(l, _)| survivors.contains(l) && *l != old)
+            });
+            ensure!(
+                moved,
+                "partition {p} was led by node {victim}, which exited, and no survivor names a \
+                 new leader: {views:?}; its output:\n{}",
+                nodes[victim as usize - 1].log_tail()
+            );
+        }
+        acks.extend(produce_ids(&producer, &topic, next..next + ROUND, KEYS).await?);
+        next += ROUND;
+        nodes[victim as usize - 1].spawn_again()?;
+        nodes[victim as usize - 1].wait_ready()?;
+    }
+    // The node that returned leads nothing until the leaders hand its
+    // partitions back (auto.leader.rebalance.enable, checked every second).
+    await_preferred_leaders(&bootstraps[0], &topic).await?;
+    acks.extend(produce_ids(&producer, &topic, next..next + ROUND, KEYS).await?);
+    drop(producer);
+    let records = consume_all(&bootstraps[2], &topic, PARTITIONS, CONVERGE_WAIT_MAX).await?;
+    assert_exactly_acked(&acks, &records, KEYS)?;
+    for node in &mut nodes {
+        let _ = node.stop();
+    }
+    Ok(())
+}
+
 /// One acks=all produce of one record to partition 0; its error code.
 async fn produce_one(conn: &mut KafkaConnection, topic: &str) -> Result<i16> {
     let batch = common::bulk::batch(1, topic, fjord::broker::now_ms())?;

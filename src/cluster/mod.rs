@@ -35,6 +35,7 @@ pub use topic_config::TopicConfigs;
 use crate::config::BrokerConfig;
 use crate::raft::group::{AppliedWatch, EntryGroup, GroupTimers};
 use crate::raft::network::Registry;
+use crate::raft::transfer::Resignation;
 use crate::raft::transport::Transport;
 use crate::raft::types::BasicNode;
 use crate::raft::{GroupId, NodeId};
@@ -282,6 +283,12 @@ impl ClusterMetadata {
                 })?;
         }
         Ok(metadata)
+    }
+
+    /// Hands the metadata leadership (Kafka's active controller) to another
+    /// voter if this node holds it, within `wait`.
+    pub async fn resign(&self, wait: Duration) -> Resignation {
+        self.group.resign(wait).await
     }
 
     /// Stops this node's member of the metadata group.

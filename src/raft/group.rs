@@ -19,9 +19,8 @@ use openraft::{BasicNode, Config, Raft};
 use tokio::sync::watch;
 
 use super::entry_log::{Applier, EntryLog, EntryMachine, EntryTypes};
-use super::network::{
-    decode, encode, probe, GroupNetwork, RaftReply, RaftRequest, RaftService, Registry,
-};
+use super::network::{decode, encode, probe, GroupNetwork, RaftReply, RaftRequest, Registry};
+use super::transfer::{self, HandOver, Resignation};
 use super::transport::Transport;
 use super::types::{GroupId, NodeId};
 
@@ -109,7 +108,7 @@ where
         let raft = Raft::new(node, Arc::new(config), network, log, machine.clone())
             .await
             .with_context(|| format!("starting Raft group {id}"))?;
-        registry.insert(id, Arc::new(RaftService { raft: raft.clone() }));
+        registry.insert(id, registry.service(raft.clone()));
         if voters.keys().next() == Some(&node) {
             // The lowest voter bootstraps; a node that is not a voter never
             // does (it joins as a learner: `join_as_learner`).
@@ -291,6 +290,21 @@ where
         AppliedWatch {
             metrics: self.raft.metrics(),
         }
+    }
+
+    /// Hands the leadership to a caught-up voter before this node stops,
+    /// within `wait` (see [`transfer`](super::transfer)).
+    pub async fn resign(&self, wait: Duration) -> Resignation {
+        let node = self.transport.config().node_id;
+        transfer::resign(
+            &self.raft,
+            node,
+            self.id,
+            &self.transport,
+            HandOver::Leaving,
+            wait,
+        )
+        .await
     }
 
     /// Leaves the registry and stops the group's Raft.

@@ -21,6 +21,8 @@
 //! - `group` — starts an entry group on a node (files, Raft, registry) and
 //!   bootstraps a fresh one: the lowest voter initializes it once a majority
 //!   of the voters hold no state of it.
+//! - `transfer` — moving a group's leadership to a caught-up follower before
+//!   this node stops (Kafka's controlled shutdown).
 //!
 //! Design decision (see DESIGN.md, "Consensus layout"): partition groups
 //! will run with openraft's per-group timers off. Heartbeats and elections of thousands of partition groups would cost
@@ -35,6 +37,7 @@ pub mod group;
 pub mod network;
 pub mod partition_group;
 pub mod partition_store;
+pub mod transfer;
 pub mod transport;
 pub mod types;
 

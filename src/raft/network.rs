@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bincode::Options;
@@ -55,6 +56,9 @@ pub enum RaftRequest<C: EntryTypes> {
     AddVoter {
         node: NodeId,
     },
+    /// Start an election now: the leader, resigning, found this follower
+    /// holding its whole log (Raft's TimeoutNow; see `transfer`).
+    Elect,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,6 +78,8 @@ pub enum RaftReply {
     /// The learner is a voter now, or why not, with the leader this node
     /// knows of.
     VoterAdded(Result<(), (String, Option<NodeId>)>),
+    /// The election was started, or why not.
+    Electing(Result<(), String>),
 }
 
 fn codec() -> impl Options {
@@ -97,12 +103,14 @@ pub trait GroupService: Send + Sync + 'static {
 
 /// Serves a Raft group's RPCs by handing them to its `Raft`.
 pub struct RaftService<C: EntryTypes> {
-    pub raft: Raft<C>,
+    raft: Raft<C>,
+    leaving: Arc<AtomicBool>,
 }
 
 impl<C: EntryTypes> GroupService for RaftService<C> {
     fn handle(&self, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft.clone();
+        let leaving = self.leaving.load(Ordering::Acquire);
         Box::pin(async move {
             let request: RaftRequest<C> = decode(&body)?;
             let reply = match request {
@@ -138,6 +146,12 @@ impl<C: EntryTypes> GroupService for RaftService<C> {
                 RaftRequest::AddVoter { node } => {
                     RaftReply::VoterAdded(add_voter(&raft, node).await)
                 }
+                RaftRequest::Elect if leaving => {
+                    RaftReply::Electing(Err("this node is shutting down".to_string()))
+                }
+                RaftRequest::Elect => {
+                    RaftReply::Electing(raft.trigger().elect().await.map_err(|e| e.to_string()))
+                }
                 RaftRequest::Propose(command) => {
                     RaftReply::Proposed(match raft.client_write(command).await {
                         Ok(written) => Ok((written.log_id.index, encode(&written.data)?)),
@@ -157,9 +171,26 @@ impl<C: EntryTypes> GroupService for RaftService<C> {
 #[derive(Default)]
 pub struct Registry {
     groups: RwLock<HashMap<GroupId, Arc<dyn GroupService>>>,
+    /// Set when this node starts its controlled shutdown: it then refuses
+    /// to start elections for peers (`RaftRequest::Elect`), so a leader
+    /// handing a partition back does not pick a node about to stop.
+    leaving: Arc<AtomicBool>,
 }
 
 impl Registry {
+    /// This node is stopping: refuse peers' requests to lead from now on.
+    pub fn set_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+    }
+
+    /// A service for `raft`, refusing to lead once the node is leaving.
+    pub fn service<C: EntryTypes>(&self, raft: Raft<C>) -> Arc<dyn GroupService> {
+        Arc::new(RaftService {
+            raft,
+            leaving: self.leaving.clone(),
+        })
+    }
+
     pub fn insert(&self, group: GroupId, service: Arc<dyn GroupService>) {
         self.groups.write().insert(group, service);
     }

@@ -29,10 +29,11 @@ use tokio::sync::watch;
 
 use super::entry_log::io_error;
 use super::group::{bootstrap, GroupTimers};
-use super::network::{GroupNetwork, RaftService, Registry};
+use super::network::{GroupNetwork, Registry};
 use super::partition_store::{
     AppendOutcome, PartitionApplied, PartitionEntry, PartitionStore, PartitionTypes,
 };
+use super::transfer::{self, HandOver, Resignation};
 use super::transport::Transport;
 use super::types::{GroupId, NodeId};
 use crate::log::batch::Batches;
@@ -293,16 +294,23 @@ pub struct PartitionGroup {
     /// leader had at the check before, and what the leader had at the last
     /// check (Kafka's lastCaughtUpTime and lastFetchLeaderLogEndOffset).
     caught_up: Mutex<BTreeMap<NodeId, (std::time::Instant, Option<u64>)>>,
+    transport: Arc<Transport>,
+    /// Set once the node hands the leadership away ([`resign`](Self::resign)):
+    /// the group takes no more writes here.
+    resigning: std::sync::atomic::AtomicBool,
+    handing_over: tokio::sync::Mutex<()>,
 }
 
 impl PartitionGroup {
     /// Starts the group over `log`, registers it for peers' requests, and
-    /// (on the lowest voter) bootstraps it once a majority is fresh.
+    /// (on the `preferred` voter, which then leads first; on the lowest one
+    /// if `preferred` is not a voter) bootstraps it once a majority is fresh.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         node: NodeId,
         id: GroupId,
         voters: BTreeMap<NodeId, BasicNode>,
+        preferred: Option<NodeId>,
         log: Arc<Mutex<PartitionLog>>,
         high_watermark: Arc<watch::Sender<i64>>,
         sync: bool,
@@ -345,13 +353,16 @@ impl PartitionGroup {
         )
         .await
         .with_context(|| format!("starting partition group {id}"))?;
-        registry.insert(id, Arc::new(RaftService { raft: raft.clone() }));
-        if voters.keys().next() == Some(&node) {
+        registry.insert(id, registry.service(raft.clone()));
+        let initializer = preferred
+            .filter(|p| voters.contains_key(p))
+            .or_else(|| voters.keys().next().copied());
+        if initializer == Some(node) {
             tokio::spawn(bootstrap::<PartitionTypes>(
                 raft.clone(),
                 id,
                 voters,
-                transport,
+                transport.clone(),
                 shutdown,
             ));
         }
@@ -364,6 +375,9 @@ impl PartitionGroup {
             registry,
             uncommitted: Arc::new(tokio::sync::Semaphore::new(UNCOMMITTED_PRODUCES_MAX)),
             caught_up: Mutex::new(BTreeMap::new()),
+            transport,
+            resigning: std::sync::atomic::AtomicBool::new(false),
+            handing_over: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -373,8 +387,10 @@ impl PartitionGroup {
     /// produces (the caller bounds the wait).
     pub async fn submit(&self, validated: Validated, now_ms: i64) -> Result<Pending, ProduceError> {
         let leadership = self.leadership();
-        if !leadership.is_me {
-            return Err(ProduceError::NotLeader(leadership.leader));
+        if !leadership.is_me || self.resigning.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ProduceError::NotLeader(
+                leadership.leader.filter(|_| !leadership.is_me),
+            ));
         }
         let permit = self
             .uncommitted
@@ -510,9 +526,47 @@ impl PartitionGroup {
         Some(in_sync)
     }
 
+    /// Whether `peer`, as this leader last heard, holds all but at most
+    /// `behind` of the leader's entries (`false` on a node that does not
+    /// lead).
+    pub fn nearly_caught_up(&self, peer: NodeId, behind: u64) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return false;
+        }
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&peer).copied().flatten())
+            .map(|l| l.index);
+        match (matched, m.last_log_index) {
+            (Some(matched), Some(last)) => matched + behind >= last,
+            _ => false,
+        }
+    }
+
     /// Kafka's OffsetForLeaderEpoch from this replica's epoch map.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         self.store.end_offset_for_epoch(epoch)
+    }
+
+    /// Hands the leadership to a caught-up follower (see
+    /// [`transfer`](super::transfer)), within `wait`, taking no writes
+    /// meanwhile. [`HandOver::Leaving`]: this node stops (Kafka's controlled
+    /// shutdown), and takes no writes from now on. [`HandOver::To`]: to the
+    /// preferred leader; writes resume here if it does not take over.
+    pub async fn resign(&self, how: HandOver, wait: std::time::Duration) -> Resignation {
+        use std::sync::atomic::Ordering;
+        // One hand-over at a time: a shutdown waits for a rebalance's.
+        let _one = self.handing_over.lock().await;
+        self.resigning.store(true, Ordering::Release);
+        let outcome =
+            transfer::resign(&self.raft, self.node, self.id, &self.transport, how, wait).await;
+        if how != HandOver::Leaving {
+            self.resigning.store(false, Ordering::Release);
+        }
+        outcome
     }
 
     /// Leaves the registry and stops the group's Raft.

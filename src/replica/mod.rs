@@ -50,6 +50,7 @@ use crate::log::{
 use crate::raft::group::GroupTimers;
 use crate::raft::network::Registry;
 use crate::raft::partition_group::{Leadership, PartitionGroup, ProduceError};
+use crate::raft::transfer::{HandOver, Resignation};
 use crate::raft::transport::Transport;
 use crate::raft::types::BasicNode;
 use crate::raft::{GroupId, NodeId};
@@ -69,8 +70,28 @@ pub struct GroupContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// A partition's voters: each replica and its CONTROLLER address.
-pub type Voters = BTreeMap<NodeId, BasicNode>;
+/// A partition's voters: each replica and its CONTROLLER address, and the
+/// preferred leader (the assignment's first replica).
+#[derive(Clone, Debug, Default)]
+pub struct Voters {
+    pub nodes: BTreeMap<NodeId, BasicNode>,
+    pub preferred: Option<NodeId>,
+}
+
+impl Voters {
+    /// `replicas` in assignment order (the first is the preferred leader),
+    /// with their addresses.
+    pub fn new(replicas: &[i32], nodes: BTreeMap<NodeId, BasicNode>) -> Voters {
+        Voters {
+            preferred: replicas.first().map(|&r| r as NodeId),
+            nodes,
+        }
+    }
+}
+
+/// A preferred leader gets its partition back only when it is at most this
+/// many entries behind: the hand-over pauses writes until it holds them all.
+const REBALANCE_LAG_ENTRIES_MAX: u64 = 1000;
 
 /// First wait before reopening an offline partition.
 pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -199,7 +220,8 @@ impl Partition {
         let started = c.runtime.block_on(PartitionGroup::start(
             c.node,
             self.group_id(),
-            self.voters.clone(),
+            self.voters.nodes.clone(),
+            self.voters.preferred,
             self.log.clone(),
             self.high_watermark.clone(),
             self.sync,
@@ -252,7 +274,7 @@ impl Partition {
 
     /// The replicas, by node id.
     pub fn replica_ids(&self) -> Vec<i32> {
-        self.voters.keys().map(|&n| n as i32).collect()
+        self.voters.nodes.keys().map(|&n| n as i32).collect()
     }
 
     /// Stops the group (before the partition is deleted or closed). Blocking.
@@ -693,6 +715,68 @@ impl ReplicaManager {
                 }
             }
         }
+    }
+
+    /// This node is stopping: peers' requests that it lead a group are
+    /// refused from now on.
+    pub fn set_leaving(&self) {
+        self.context.registry.set_leaving();
+    }
+
+    /// Kafka's controlled shutdown: hands every partition this node leads
+    /// (with other replicas) to a caught-up follower, all at once, within
+    /// `wait`. Returns how many moved and how many could not; those elect a
+    /// leader by timeout once this node stops.
+    pub async fn resign_all(&self, wait: Duration) -> (usize, usize) {
+        let groups: Vec<_> = self.all().iter().filter_map(|p| p.group()).collect();
+        let outcomes =
+            futures::future::join_all(groups.iter().map(|g| g.resign(HandOver::Leaving, wait)))
+                .await;
+        let mut moved = 0;
+        let mut failed = 0;
+        for (group, outcome) in groups.iter().zip(outcomes) {
+            match outcome {
+                Resignation::NotLeader => {}
+                Resignation::Moved { .. } => moved += 1,
+                Resignation::Failed(why) => {
+                    failed += 1;
+                    tracing::warn!(group = %group.id, reason = %why, "leadership not handed over before shutdown");
+                }
+            }
+        }
+        (moved, failed)
+    }
+
+    /// Kafka's auto leader rebalance for the partitions this node leads:
+    /// each whose preferred leader (first replica) is another node, alive,
+    /// in sync and about caught up, is handed to it, all at once, within
+    /// `wait` (writes to a partition pause while it moves). Returns how many
+    /// moved.
+    pub async fn restore_preferred_leaders(&self, lag_max: Duration, wait: Duration) -> usize {
+        let transport = self.context.transport.clone();
+        let me = self.context.node;
+        let moves: Vec<(Arc<PartitionGroup>, NodeId)> = self
+            .all()
+            .iter()
+            .filter_map(|p| {
+                let preferred = p.voters.preferred.filter(|&n| n != me)?;
+                let group = p.group()?;
+                let in_sync = group.in_sync(lag_max, |n| transport.is_alive(n))?;
+                (in_sync.contains(&preferred)
+                    && group.nearly_caught_up(preferred, REBALANCE_LAG_ENTRIES_MAX))
+                .then_some((group, preferred))
+            })
+            .collect();
+        let outcomes = futures::future::join_all(
+            moves
+                .iter()
+                .map(|(g, to)| g.resign(HandOver::To(*to), wait)),
+        )
+        .await;
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Resignation::Moved { .. }))
+            .count()
     }
 
     /// Flushes and closes every log (clean shutdown). If every log was

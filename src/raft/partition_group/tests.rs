@@ -76,6 +76,7 @@ async fn start(
             partition: 0,
         },
         voters.clone(),
+        None,
         log.clone(),
         Arc::new(watch::Sender::new(0)),
         true,
@@ -292,6 +293,68 @@ async fn an_old_leader_truncates_what_it_appended_but_never_committed() {
     let expected = running[&new_leader].segments();
     assert_eq!(running[&leader].segments(), expected);
     assert_eq!(batches(&expected).last().map(|b| (b.0, b.1)), Some((8, 8)));
+    for (_, replica) in std::mem::take(&mut running) {
+        replica.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resigning_leader_hands_over_to_a_caught_up_follower_while_running() {
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let (mut listeners, voters) = three_listeners().await;
+    let mut running: BTreeMap<NodeId, Replica> = BTreeMap::new();
+    for node in 1..=3 {
+        let listener = listeners.remove(&node).expect("listener");
+        running.insert(
+            node,
+            start(node, listener, &voters, dirs[node as usize - 1].path()).await,
+        );
+    }
+    let leader = leader_seen_by(&running[&2], None).await;
+    let mut next = 0;
+    for _ in 0..5 {
+        assert_eq!(produce(&running[&leader], 2).await, (next, next + 1));
+        next += 2;
+    }
+    let (_, epoch_before) = running[&leader].group.leader();
+
+    // Every node keeps running: only the hand-over can move the leadership.
+    let resigned = running[&leader]
+        .group
+        .resign(crate::raft::transfer::HandOver::Leaving, WAIT)
+        .await;
+    let crate::raft::transfer::Resignation::Moved { to } = resigned else {
+        panic!("the leadership did not move: {resigned:?}");
+    };
+    assert_ne!(to, leader);
+    let refused = running[&leader]
+        .group
+        .produce(Bytes::from(TestBatch::new(1).encode()), NOW_MS)
+        .await;
+    assert!(
+        matches!(refused, Err(ProduceError::NotLeader(_))),
+        "{refused:?}"
+    );
+    let other = *running
+        .keys()
+        .find(|&&n| n != leader && n != to)
+        .expect("a third replica");
+    assert_eq!(leader_seen_by(&running[&other], Some(leader)).await, to);
+    let (_, epoch_after) = running[&to].group.leader();
+    assert!(
+        epoch_after > epoch_before,
+        "{epoch_before} -> {epoch_after}"
+    );
+
+    // The new leader goes on at the next offset; the old one follows.
+    assert_eq!(produce(&running[&to], 3).await, (next, next + 2));
+    next += 3;
+    for replica in running.values() {
+        replica.high_watermark_at_least(next).await;
+        assert_eq!(replica.segments(), running[&to].segments());
+    }
     for (_, replica) in std::mem::take(&mut running) {
         replica.stop().await;
     }
