@@ -123,7 +123,7 @@ impl Broker {
             node: config.node_id as crate::raft::NodeId,
             transport: transport.clone(),
             registry: registry.clone(),
-            timers: GroupTimers::default(),
+            timers: GroupTimers::partitions(),
             runtime: tokio::runtime::Handle::current(),
             shutdown: shutdown.clone(),
         };
@@ -908,6 +908,11 @@ pub async fn run(
 
     let background = tokio::spawn(background_tasks(broker.clone(), shutdown.clone()));
     let reconciling = tokio::spawn(reconcile_on_change(broker.clone(), shutdown.clone()));
+    let electing = {
+        let b = broker.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { b.replicas.drive_elections(stop).await })
+    };
     let rebalancing = config
         .auto_leader_rebalance_enable
         .then(|| tokio::spawn(rebalance_leaders(broker.clone(), shutdown.clone())));
@@ -929,6 +934,7 @@ pub async fn run(
     background.abort();
     group_timers.abort();
     reconciling.abort();
+    electing.abort();
     if let Some(task) = rebalancing {
         task.abort();
     }

@@ -31,6 +31,9 @@ enum Command {
     Group(fjord::cli::group::GroupArgs),
     /// Show the cluster: brokers, controller, who leads what.
     Cluster(fjord::cli::cluster::ClusterArgs),
+    /// Start a local cluster of separate `fjord serve` processes (node n:
+    /// clients on BASE+n-1, peers on BASE+100+n-1); Ctrl-C stops them all.
+    DevCluster(fjord::cli::dev_cluster::DevClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -84,6 +87,7 @@ fn main() -> std::process::ExitCode {
             Command::Consume(args) => fjord::cli::consume::run(args).await,
             Command::Group(args) => fjord::cli::group::run(args).await,
             Command::Cluster(args) => fjord::cli::cluster::run(args).await,
+            Command::DevCluster(args) => fjord::cli::dev_cluster::run(args).await,
         }
     });
     match result {
@@ -124,7 +128,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        fjord::cli::stop_requested().await;
         let _ = stop_tx.send(true);
     });
     fjord::broker::run(sources, stop_rx).await
@@ -152,22 +156,6 @@ fn bound_allocator_caches() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, ARENAS_MAX);
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-        }
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run one workload and write its JSON report.
     Run(Box<RunArgs>),
+    /// Start a local Fjord cluster, kill -9 a partition leader again and
+    /// again under a librdkafka producer, and measure each failover.
+    Failover(crate::failover::FailoverArgs),
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -344,8 +347,10 @@ mod tests {
             "/tmp/x.json",
         ];
         argv.extend_from_slice(extra);
-        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command;
-        *args
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => *args,
+            other => panic!("not a run: {other:?}"),
+        }
     }
 
     #[test]

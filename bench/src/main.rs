@@ -12,6 +12,7 @@ mod cli;
 mod clock;
 mod consumer;
 mod error_name;
+mod failover;
 mod faults;
 mod payload;
 mod process_usage;
@@ -32,7 +33,10 @@ use crate::run::Interrupts;
 fn main() -> ExitCode {
     // Fix the bench clock's origin before any thread reads it.
     clock::now_us();
-    let Command::Run(mut args) = Cli::parse().command;
+    let mut args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Failover(args) => return failover(args),
+    };
     let stop_rule = match args.resolve() {
         Ok(rule) => rule,
         Err(e) => {
@@ -99,4 +103,52 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// `fjord-bench failover`: prints each kill and the summary, writes the JSON
+/// if asked; exits 1 if an acknowledged record was lost or one duplicated.
+fn failover(args: failover::FailoverArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = args.out.clone();
+    let report = match runtime.block_on(failover::run(args)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "{} kills: unavailable median {:.0} ms, max {:.0} ms; sent {}, acknowledged {}, lost {}, duplicated {}",
+        report.kills.len(),
+        report.unavailable_ms_median,
+        report.unavailable_ms_max,
+        report.sent,
+        report.acknowledged,
+        report.lost,
+        report.duplicated
+    );
+    if let Some(out) = out {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(anyhow::Error::from)
+            .and_then(|json| std::fs::write(&out, json).map_err(anyhow::Error::from));
+        if let Err(e) = written {
+            eprintln!("error: writing {}: {e:#}", out.display());
+            return ExitCode::from(2);
+        }
+    }
+    if report.lost > 0 || report.duplicated > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

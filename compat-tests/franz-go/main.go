@@ -3,9 +3,13 @@
 // that a failing run names the step that broke:
 //
 //	franz-compat create-topic -bootstrap B -topic T -partitions 3
-//	franz-compat produce      -bootstrap B -topic T -input lines.txt [-acks all|1] [-idempotent=false]
+//	franz-compat produce      -bootstrap B -topic T -input lines.txt [-acks all|1] [-idempotent=false] [-stream]
 //	franz-compat consume      -bootstrap B -topic T -out got.txt
 //	franz-compat group-consume -bootstrap B -topic T -group G -count K -out got.txt [-all]
+//
+// With -stream, produce sends each line as soon as it is read (the input may be
+// a FIFO that a scenario feeds in steps) and waits for every acknowledgement
+// at the end of the input.
 //
 // Lines are "key:value"; produce sends each as one record and consume writes
 // every record it reads back in the same form. Checking that each record
@@ -32,6 +36,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -52,6 +57,7 @@ func main() {
 	out := fs.String("out", "", "consume: file to write key:value lines to")
 	acks := fs.String("acks", "all", "produce: all or 1")
 	idempotent := fs.Bool("idempotent", true, "produce: idempotent writes (franz-go's default)")
+	stream := fs.Bool("stream", false, "produce: send each line as it is read")
 	group := fs.String("group", "", "group-consume: consumer group id")
 	count := fs.Int("count", 0, "group-consume: records to consume and commit")
 	all := fs.Bool("all", false, "group-consume: committed offsets must equal end offsets")
@@ -65,7 +71,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	opts := []kgo.Opt{
-		kgo.SeedBrokers(*bootstrap),
+		kgo.SeedBrokers(strings.Split(*bootstrap, ",")...),
 		kgo.ClientID("franz-compat"),
 		kgo.RequestTimeoutOverhead(10 * time.Second),
 		kgo.RetryTimeout(30 * time.Second),
@@ -76,7 +82,11 @@ func main() {
 	case "create-topic":
 		err = createTopic(ctx, opts, *topic, int32(*partitions))
 	case "produce":
-		err = produce(ctx, opts, *topic, *input, *acks, *idempotent)
+		if *stream {
+			err = produceStream(ctx, opts, *topic, *input, *acks, *idempotent)
+		} else {
+			err = produce(ctx, opts, *topic, *input, *acks, *idempotent)
+		}
 	case "consume":
 		err = consume(ctx, opts, *topic, *out)
 	case "group-consume":
@@ -97,7 +107,8 @@ func createTopic(ctx context.Context, opts []kgo.Opt, topic string, partitions i
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	resp, err := adm.CreateTopic(ctx, partitions, 1, nil, topic)
+	// -1: the broker's default.replication.factor (KIP-464).
+	resp, err := adm.CreateTopic(ctx, partitions, -1, nil, topic)
 	if err != nil {
 		return fmt.Errorf("CreateTopics: %w", err)
 	}
@@ -110,14 +121,7 @@ func produce(ctx context.Context, opts []kgo.Opt, topic, input, acks string, ide
 	if err != nil {
 		return err
 	}
-	opts = append(opts, kgo.DefaultProduceTopic(topic))
-	if acks == "1" {
-		opts = append(opts, kgo.RequiredAcks(kgo.LeaderAck()))
-	}
-	if !idempotent {
-		opts = append(opts, kgo.DisableIdempotentWrite())
-	}
-	cl, err := kgo.NewClient(opts...)
+	cl, err := kgo.NewClient(produceOpts(opts, topic, acks, idempotent)...)
 	if err != nil {
 		return err
 	}
@@ -144,6 +148,62 @@ func produce(ctx context.Context, opts []kgo.Opt, topic, input, acks string, ide
 	}
 	fmt.Printf("produced %d records (acks=%s idempotent=%v), per partition %v, failed %d\n",
 		len(records)-failed, acks, idempotent, perPartition, failed)
+	if firstErr != nil {
+		return fmt.Errorf("%d records failed, first error: %w", failed, firstErr)
+	}
+	return nil
+}
+
+func produceOpts(opts []kgo.Opt, topic, acks string, idempotent bool) []kgo.Opt {
+	opts = append(opts, kgo.DefaultProduceTopic(topic))
+	if acks == "1" {
+		opts = append(opts, kgo.RequiredAcks(kgo.LeaderAck()))
+	}
+	if !idempotent {
+		opts = append(opts, kgo.DisableIdempotentWrite())
+	}
+	return opts
+}
+
+func produceStream(ctx context.Context, opts []kgo.Opt, topic, input, acks string, idempotent bool) error {
+	cl, err := kgo.NewClient(produceOpts(opts, topic, acks, idempotent)...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	f, err := os.Open(input)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var mu sync.Mutex
+	var firstErr error
+	sent, failed := 0, 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		key, value, _ := strings.Cut(sc.Text(), ":")
+		sent++
+		cl.Produce(ctx, &kgo.Record{Key: []byte(key), Value: []byte(value)}, func(_ *kgo.Record, err error) {
+			if err != nil {
+				mu.Lock()
+				failed++
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	fmt.Printf("produced %d records as they were read (acks=%s idempotent=%v), failed %d\n",
+		sent-failed, acks, idempotent, failed)
 	if firstErr != nil {
 		return fmt.Errorf("%d records failed, first error: %w", failed, firstErr)
 	}

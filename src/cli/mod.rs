@@ -1,5 +1,6 @@
 //! The `fjord` subcommands that act as a Kafka client: `topic`, `produce`,
-//! `consume`, `group`, `cluster`. Each exposes a clap `Args` struct and `run(args)`.
+//! `consume`, `group`, `cluster`, and `dev-cluster`, which starts a local
+//! cluster. Each exposes a clap `Args` struct and `run(args)`.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use crate::client::{Client, ClientConfig};
 
 pub mod cluster;
 pub mod consume;
+pub mod dev_cluster;
 pub mod group;
 pub mod produce;
 pub mod topic;
@@ -43,5 +45,21 @@ impl ConnectArgs {
 
     pub async fn connect(&self) -> Result<Client> {
         Client::connect(&self.bootstrap_server, self.client_config()).await
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

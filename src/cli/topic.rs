@@ -359,10 +359,11 @@ fn write_topic(out: &mut String, topic: &TopicMetadata, configs: &str) {
         };
         let _ = write!(
             out,
-            "\tTopic: {}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}",
+            "\tTopic: {}\tPartition: {}\tLeader: {}\tLeaderEpoch: {}\tReplicas: {}\tIsr: {}",
             topic.name,
             p.partition,
             leader,
+            p.leader_epoch,
             join_ids(&p.replicas),
             join_ids(&p.isr)
         );
@@ -417,7 +418,7 @@ mod tests {
         assert_eq!(
             out,
             "Topic: t\tTopicId: AAECAwQFBgcICQoLDA0ODw\tPartitionCount: 1\tReplicationFactor: 2\tConfigs: retention.ms=1\n\
-             \tTopic: t\tPartition: 0\tLeader: none\tReplicas: 1,2\tIsr: 2\tOffline: 1\n"
+             \tTopic: t\tPartition: 0\tLeader: none\tLeaderEpoch: 0\tReplicas: 1,2\tIsr: 2\tOffline: 1\n"
         );
     }
 }

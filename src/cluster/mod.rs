@@ -595,9 +595,17 @@ impl ClusterMetadata {
 /// A Kafka error with its message.
 type KafkaError = (ResponseError, String);
 
-/// Where peers reach this node: its CONTROLLER listener (advertised as
-/// `host:port`). A node that is not a voter must have one.
+/// Where peers reach this node: a voter's own entry in
+/// `controller.quorum.voters` (so a CONTROLLER listener bound to 0.0.0.0
+/// is still registered under a name the peers can reach), otherwise its
+/// CONTROLLER listener as `host:port`. A node that is not a voter must
+/// have one.
 fn controller_address(config: &BrokerConfig) -> anyhow::Result<String> {
+    if let Some(me) = config.voters.iter().find(|v| v.id == config.node_id) {
+        if me.port != 0 {
+            return Ok(format!("{}:{}", me.host, me.port));
+        }
+    }
     let listener = config.controller_listener.as_ref().ok_or_else(|| {
         anyhow::anyhow!(
             "node {} is not in controller.quorum.voters, so it must have a CONTROLLER listener for the voters to reach it",

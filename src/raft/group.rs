@@ -46,6 +46,19 @@ impl Default for GroupTimers {
 }
 
 impl GroupTimers {
+    /// Partition groups: openraft's heartbeats every 100 ms; their
+    /// elections are the node's (`ReplicaManager::drive_elections`), so the
+    /// election timeout only sets openraft's leader lease (a follower
+    /// refuses other candidates for `election_timeout_max` after it last
+    /// heard its leader), kept short so that a failover is quick.
+    pub fn partitions() -> GroupTimers {
+        GroupTimers {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+        }
+    }
+
     /// `base` with these timers, named after the group, checked.
     pub fn config(&self, id: GroupId, base: Config) -> anyhow::Result<Config> {
         Config {

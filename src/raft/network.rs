@@ -183,6 +183,11 @@ impl Registry {
         self.leaving.store(true, Ordering::Release);
     }
 
+    /// Whether this node started its controlled shutdown.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
     /// A service for `raft`, refusing to lead once the node is leaving.
     pub fn service<C: EntryTypes>(&self, raft: Raft<C>) -> Arc<dyn GroupService> {
         Arc::new(RaftService {

@@ -299,7 +299,54 @@ pub struct PartitionGroup {
     /// the group takes no more writes here.
     resigning: std::sync::atomic::AtomicBool,
     handing_over: tokio::sync::Mutex<()>,
+    election: Mutex<ElectionCheck>,
+    /// When the group started on this node.
+    started: std::time::Instant,
 }
+
+/// What the node-level election driver remembers of one group.
+#[derive(Default)]
+struct ElectionCheck {
+    /// Since when the group has had no reachable leader, as this node saw.
+    leaderless_since: Option<std::time::Instant>,
+    /// Whether it lost a leader it knew (rather than never knowing one, as
+    /// after a restart, before the leader's first heartbeat).
+    lost_a_leader: bool,
+    /// When this node may start its next election of the group.
+    next_try: Option<std::time::Instant>,
+}
+
+/// A pseudo-random number in `0..bound` (the retry jitter; not for keys).
+fn jitter(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() % bound.max(1)
+}
+
+/// How long a group with no leader known (a restarted replica, say) waits
+/// for the leader's heartbeat before its replicas start electing.
+const LEADERLESS_GRACE: std::time::Duration = std::time::Duration::from_millis(1000);
+/// Each replica after the first in line waits this much longer before it
+/// runs, so that two rarely split the vote.
+const ELECTION_RANK_DELAY: std::time::Duration = std::time::Duration::from_millis(150);
+/// A replica whose election did not give the group a leader tries again
+/// after this long (a follower that heard the old leader lately refuses
+/// its vote for the leader lease, `election_timeout_max`), plus a random
+/// part up to `ELECTION_RETRY_JITTER_MS`: two candidates retrying in step
+/// would stay in the same term and split every vote, Raft's randomized
+/// timeout keeps them apart.
+const ELECTION_RETRY: std::time::Duration = std::time::Duration::from_millis(300);
+const ELECTION_RETRY_JITTER_MS: u64 = 300;
+/// A replica that started less than this long ago (a node that just came
+/// back, likely still catching up) lets the others run first: it waits
+/// [`LEADERLESS_GRACE`] more before each election. Its log is likely the
+/// shorter one, so its elections would only delay the one that can win.
+const FRESH_REPLICA: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl PartitionGroup {
     /// Starts the group over `log`, registers it for peers' requests, and
@@ -334,9 +381,12 @@ impl PartitionGroup {
                 snapshot_policy: SnapshotPolicy::Never,
                 // A lone voter needs no election timeout or heartbeat: it
                 // elects itself when initialized and when it restarts
-                // (`bootstrap`). Idle, it then costs nothing; groups with
-                // followers keep openraft's timers for now.
+                // (`bootstrap`). Idle, it then costs nothing. Groups with
+                // followers keep openraft's heartbeats; their elections are
+                // started by the node ([`check_election`](Self::check_election)),
+                // which knows at once when a peer's connection breaks.
                 enable_tick: voters.len() > 1,
+                enable_elect: false,
                 ..Config::default()
             },
         )?;
@@ -378,6 +428,8 @@ impl PartitionGroup {
             transport,
             resigning: std::sync::atomic::AtomicBool::new(false),
             handing_over: tokio::sync::Mutex::new(()),
+            election: Mutex::new(ElectionCheck::default()),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -544,6 +596,71 @@ impl PartitionGroup {
             (Some(matched), Some(last)) => matched + behind >= last,
             _ => false,
         }
+    }
+
+    /// One check of the node-level election driver (`ReplicaManager::
+    /// drive_elections`; openraft's own elections are off in groups with
+    /// followers). Starts an election on this node when the group has no
+    /// leader that `reachable` says is reachable and it is this node's turn:
+    /// the reachable voters other than the old leader, by id, each wait
+    /// [`ELECTION_RANK_DELAY`] times their place in line, and a group that
+    /// never had a leader here waits [`LEADERLESS_GRACE`] first. Raft's vote
+    /// decides the rest: a candidate with a shorter log loses, and the next
+    /// in line runs. Returns whether it started an election.
+    pub async fn check_election(&self, reachable: &(dyn Fn(NodeId) -> bool + Sync)) -> bool {
+        use std::time::Instant;
+        let now = Instant::now();
+        let due = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let mut check = self.election.lock();
+            let led = match m.current_leader {
+                Some(l) if l == self.node => m.state == openraft::ServerState::Leader,
+                Some(l) => reachable(l),
+                None => false,
+            };
+            if led || voters.len() < 2 || !voters.contains(&self.node) {
+                *check = ElectionCheck::default();
+                return false;
+            }
+            if m.current_leader.is_some() {
+                check.lost_a_leader = true;
+            }
+            let since = *check.leaderless_since.get_or_insert(now);
+            let mut line: Vec<NodeId> = voters
+                .iter()
+                .copied()
+                .filter(|&v| Some(v) != m.current_leader && (v == self.node || reachable(v)))
+                .collect();
+            line.sort_unstable();
+            let rank = line.iter().position(|&v| v == self.node).unwrap_or(0) as u32;
+            let fresh = now.duration_since(self.started) < FRESH_REPLICA;
+            let mut wait = ELECTION_RANK_DELAY * rank;
+            if !check.lost_a_leader || fresh {
+                wait += LEADERLESS_GRACE;
+            }
+            let due =
+                now.duration_since(since) >= wait && check.next_try.is_none_or(|at| now >= at);
+            if due {
+                let backoff = if fresh {
+                    LEADERLESS_GRACE
+                } else {
+                    std::time::Duration::ZERO
+                };
+                check.next_try = Some(
+                    now + ELECTION_RETRY
+                        + backoff
+                        + std::time::Duration::from_millis(jitter(ELECTION_RETRY_JITTER_MS)),
+                );
+            }
+            due
+        };
+        if due {
+            tracing::debug!(group = %self.id, "starting an election: no reachable leader");
+            let _ = self.raft.trigger().elect().await;
+        }
+        due
     }
 
     /// Kafka's OffsetForLeaderEpoch from this replica's epoch map.

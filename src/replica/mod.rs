@@ -89,6 +89,9 @@ impl Voters {
     }
 }
 
+/// How often the election driver looks at every partition group.
+pub const ELECTION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A preferred leader gets its partition back only when it is at most this
 /// many entries behind: the hand-over pauses writes until it holds them all.
 const REBALANCE_LAG_ENTRIES_MAX: u64 = 1000;
@@ -712,6 +715,39 @@ impl ReplicaManager {
                 }
                 Err(e) => {
                     tracing::error!(partition = %partition.tp.dir_name(), error = %e, "retention failed")
+                }
+            }
+        }
+    }
+
+    /// The node-level election driver of the replicated partition groups
+    /// (openraft's own elections are off in them): every
+    /// [`ELECTION_CHECK_INTERVAL`], each group on this node whose leader is
+    /// unreachable gets an election here when it is this node's turn
+    /// ([`PartitionGroup::check_election`]). A peer counts as unreachable
+    /// as soon as its connection breaks (a killed node's kernel resets it)
+    /// or it has not been heard from for the transport's `dead_after` (a
+    /// paused or cut-off node). Stops when `shutdown` fires, and does
+    /// nothing once the node is leaving.
+    pub async fn drive_elections(&self, mut shutdown: watch::Receiver<bool>) {
+        let transport = self.context.transport.clone();
+        let reachable = move |peer: NodeId| {
+            transport.is_alive(peer)
+                && transport.peer_state(peer) == Some(crate::raft::transport::PeerState::Connected)
+        };
+        let mut tick = tokio::time::interval(ELECTION_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if self.context.registry.is_leaving() {
+                continue;
+            }
+            for partition in self.all() {
+                if let Some(group) = partition.group() {
+                    group.check_election(&reachable).await;
                 }
             }
         }

@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const NOW_MS: i64 = 1_000_000;
 
 struct Replica {
-    group: PartitionGroup,
+    group: Arc<PartitionGroup>,
     log: Arc<Mutex<PartitionLog>>,
     stop: watch::Sender<bool>,
 }
@@ -64,6 +64,7 @@ async fn start(
     for (&peer, address) in voters {
         transport.add_peer(peer, address.addr.clone());
     }
+    let peers = transport.clone();
     let registry = Arc::new(Registry::default());
     tokio::spawn(transport.clone().serve(listener, registry.clone()));
     let log = Arc::new(Mutex::new(
@@ -93,6 +94,23 @@ async fn start(
     )
     .await
     .expect("group starts");
+    let group = Arc::new(group);
+    // The node-level election driver, as `ReplicaManager` runs it.
+    let driven = group.clone();
+    let mut stopping = stop.subscribe();
+    tokio::spawn(async move {
+        let reachable = move |p: NodeId| {
+            peers.is_alive(p)
+                && peers.peer_state(p) == Some(crate::raft::transport::PeerState::Connected)
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stopping.changed() => return,
+            }
+            driven.check_election(&reachable).await;
+        }
+    });
     Replica { group, log, stop }
 }
 
