@@ -44,16 +44,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let interrupts = Interrupts::default();
@@ -108,16 +101,9 @@ fn main() -> ExitCode {
 /// `fjord-bench failover`: prints each kill and the summary, writes the JSON
 /// if asked; exits 1 if an acknowledged record was lost or one duplicated.
 fn failover(args: failover::FailoverArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let out = args.out.clone();
     let report = match runtime.block_on(failover::run(args)) {
@@ -151,4 +137,17 @@ fn failover(args: failover::FailoverArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The bench's runtime: two worker threads (the machine's two cores), or
+/// exit status 2 if it cannot start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: starting the runtime: {e}");
+            ExitCode::from(2)
+        })
 }

@@ -20,7 +20,7 @@ use openraft::{Raft, ServerState};
 
 use super::entry_log::EntryTypes;
 use super::network::{decode, encode, RaftReply, RaftRequest};
-use super::transport::{PeerState, Transport};
+use super::transport::Transport;
 use super::types::{GroupId, NodeId};
 
 /// How long one attempt waits for the candidate to win before the leader
@@ -80,7 +80,9 @@ pub async fn resign<C: EntryTypes>(
         let (target, moved, others_alive) = {
             let m = metrics.borrow_and_update();
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-            let others_alive = voters.iter().any(|&v| v != node && reachable(transport, v));
+            let others_alive = voters
+                .iter()
+                .any(|&v| v != node && transport.is_reachable(v));
             let moved = match m.current_leader {
                 Some(leader) if leader != node => Some(leader),
                 _ => None,
@@ -102,7 +104,7 @@ pub async fn resign<C: EntryTypes>(
                             matched.is_some() && matched.map(|l| l.index) >= m.last_log_index
                         })
                         .map(|(&peer, _)| peer)
-                        .find(|&peer| reachable(transport, peer))
+                        .find(|&peer| transport.is_reachable(peer))
                 })
             } else if m.current_leader.is_none() {
                 candidate
@@ -153,11 +155,6 @@ pub async fn resign<C: EntryTypes>(
             return Resignation::Failed("the group stopped".to_string());
         }
     }
-}
-
-/// Heard from lately, and connected now.
-fn reachable(transport: &Transport, peer: NodeId) -> bool {
-    transport.is_alive(peer) && transport.peer_state(peer) == Some(PeerState::Connected)
 }
 
 async fn ask_to_elect<C: EntryTypes>(

@@ -295,6 +295,13 @@ impl Transport {
         self.liveness.is_alive(peer, self.config.dead_after)
     }
 
+    /// Heard from lately and connected now: a peer whose connection broke (a
+    /// killed node's kernel resets it at once) is unreachable at once, one
+    /// that went quiet (paused, cut off) after `dead_after`.
+    pub fn is_reachable(&self, peer: NodeId) -> bool {
+        self.is_alive(peer) && self.peer_state(peer) == Some(PeerState::Connected)
+    }
+
     /// Where the outbound connection to `peer` stands (`None`: not a peer).
     pub fn peer_state(&self, peer: NodeId) -> Option<PeerState> {
         Some(self.peers.lock().get(&peer)?.state.borrow().clone())

@@ -731,10 +731,7 @@ impl ReplicaManager {
     /// nothing once the node is leaving.
     pub async fn drive_elections(&self, mut shutdown: watch::Receiver<bool>) {
         let transport = self.context.transport.clone();
-        let reachable = move |peer: NodeId| {
-            transport.is_alive(peer)
-                && transport.peer_state(peer) == Some(crate::raft::transport::PeerState::Connected)
-        };
+        let reachable = move |peer: NodeId| transport.is_reachable(peer);
         let mut tick = tokio::time::interval(ELECTION_CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -99,10 +99,7 @@ async fn start(
     let driven = group.clone();
     let mut stopping = stop.subscribe();
     tokio::spawn(async move {
-        let reachable = move |p: NodeId| {
-            peers.is_alive(p)
-                && peers.peer_state(p) == Some(crate::raft::transport::PeerState::Connected)
-        };
+        let reachable = move |p: NodeId| peers.is_reachable(p);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
