@@ -10,6 +10,7 @@ use std::time::Duration;
 use kafka_protocol::error::ResponseError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::api::KafkaApis;
 use crate::cluster::auto_create::AutoCreateRate;
@@ -58,8 +59,16 @@ pub struct Broker {
 /// report it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionView {
-    /// `None` while the partition has no leader (its replica is offline).
+    /// `None` while the partition has no leader (its replica is offline,
+    /// or an election is under way).
     pub leader: Option<i32>,
+    /// While there is no leader but a majority of the replicas is
+    /// reachable (an election is under way): the replica first in the
+    /// election's line, likely the next leader. Metadata names it, so that a
+    /// client tries it and, until it leads, meets NOT_LEADER_OR_FOLLOWER and
+    /// looks again at once; with no leader named at all (-1), librdkafka
+    /// only looks again at its next periodic refresh, up to a second later.
+    pub electing: Option<i32>,
     pub leader_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
@@ -385,7 +394,7 @@ impl Broker {
         } else if self
             .metadata
             .replicas(topic, partition)
-            .is_some_and(|r| !r.is_empty())
+            .is_some_and(|(_, r)| !r.is_empty())
         {
             ResponseError::NotLeaderOrFollower
         } else {
@@ -731,51 +740,93 @@ impl Broker {
     pub fn partition_view(&self, topic: &TopicMeta, partition: i32) -> PartitionView {
         self.view_of(
             &topic.name,
+            topic.id,
             partition,
             topic.replicas_of(partition).to_vec(),
         )
     }
 
-    /// A replica here answers from its Raft group: the leader it knows (if
-    /// alive), the term as the leader epoch, and, on the leader, the ISR.
-    /// A node with no replica of the partition names the first alive
-    /// replica (a guess a client corrects with NOT_LEADER_OR_FOLLOWER).
-    fn view_of(&self, topic: &str, partition: i32, replicas: Vec<i32>) -> PartitionView {
+    /// A partition's leader, epoch and ISR from what this node knows: its
+    /// own replica's Raft group, and the peers' heartbeat reports of the
+    /// groups they lead (`raft::leaders`); the later term wins, so a node
+    /// without a replica names the leader too, and a replica that was cut
+    /// off and still thinks it leads names the one elected meanwhile. Only
+    /// a reachable node is named leader: while a leader's node is gone and
+    /// no other has taken over, there is none (LEADER_NOT_AVAILABLE), and
+    /// clients ask again.
+    fn view_of(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        partition: i32,
+        replicas: Vec<i32>,
+    ) -> PartitionView {
         let alive = |id: i32| self.metadata.is_alive(id);
+        let reachable = |id: i32| self.metadata.is_reachable(id);
         let offline: Vec<i32> = replicas.iter().copied().filter(|&r| !alive(r)).collect();
+        let group = crate::raft::GroupId::Partition {
+            topic_id,
+            partition,
+        };
+        let claim = self.metadata.claimed_leader(&group);
         let local = self
             .replicas
             .get(topic, partition)
             .filter(|_| replicas.contains(&self.config.node_id));
-        let (leader, leader_epoch, isr) = match local {
+        let from_claim = |claim: crate::raft::leaders::Claim| {
+            (
+                Some(claim.node as i32),
+                i32::try_from(claim.term).unwrap_or(i32::MAX),
+                claim.in_sync.into_iter().map(|n| n as i32).collect(),
+            )
+        };
+        let (leader, leader_epoch, isr) = match &local {
             Some(p) if p.is_offline() => (None, -1, Vec::new()),
             Some(p) => {
                 let l = p.leadership();
-                let epoch = i32::try_from(l.term).unwrap_or(i32::MAX);
-                let leader = l.leader.map(|n| n as i32).filter(|&n| alive(n));
-                let isr = p
-                    .group()
-                    .and_then(|g| {
-                        g.in_sync(
-                            Duration::from_millis(self.config.replica_lag_time_max_ms),
-                            |n| alive(n as i32),
-                        )
-                    })
-                    .map(|isr| isr.into_iter().map(|n| n as i32).collect())
-                    .unwrap_or_else(|| replicas.iter().copied().filter(|&r| alive(r)).collect());
-                (leader, epoch, isr)
+                match claim {
+                    Some(c) if c.term > l.term || (c.term == l.term && !l.is_me) => from_claim(c),
+                    _ => {
+                        let epoch = i32::try_from(l.term).unwrap_or(i32::MAX);
+                        // A leader cut off from its followers names no one.
+                        let leader = l.leader.map(|n| n as i32).filter(|&n| {
+                            reachable(n)
+                                && (!l.is_me || p.group().is_some_and(|g| g.reaches_majority()))
+                        });
+                        let isr = p
+                            .group()
+                            .and_then(|g| {
+                                g.in_sync(
+                                    Duration::from_millis(self.config.replica_lag_time_max_ms),
+                                    |n| reachable(n as i32),
+                                )
+                            })
+                            .map(|isr| isr.into_iter().map(|n| n as i32).collect())
+                            .unwrap_or_else(|| {
+                                replicas.iter().copied().filter(|&r| alive(r)).collect()
+                            });
+                        (leader, epoch, isr)
+                    }
+                }
             }
-            None => {
-                let guess = replicas
-                    .iter()
-                    .copied()
-                    .find(|&r| r != self.config.node_id && alive(r));
-                let isr = replicas.iter().copied().filter(|&r| alive(r)).collect();
-                (guess, 0, isr)
-            }
+            None => match claim {
+                Some(c) => from_claim(c),
+                // No report names a leader (yet).
+                None => {
+                    let isr = replicas.iter().copied().filter(|&r| alive(r)).collect();
+                    (None, 0, isr)
+                }
+            },
         };
+        let local_offline =
+            replicas.contains(&self.config.node_id) && self.replicas.is_offline(topic, partition);
+        let reached: Vec<i32> = replicas.iter().copied().filter(|&r| reachable(r)).collect();
+        let electing = (leader.is_none() && !local_offline && reached.len() * 2 > replicas.len())
+            .then(|| reached.iter().copied().min())
+            .flatten();
         PartitionView {
             leader,
+            electing,
             leader_epoch,
             replicas,
             isr,
@@ -788,8 +839,9 @@ impl Broker {
     pub fn coordinator_of(&self, group_id: &str) -> Option<i32> {
         // On every group request: read one replica list, not the topic.
         let partition = self.groups.partition_of(group_id);
-        let replicas = self.metadata.replicas(OFFSETS_TOPIC, partition)?;
-        self.view_of(OFFSETS_TOPIC, partition, replicas).leader
+        let (topic_id, replicas) = self.metadata.replicas(OFFSETS_TOPIC, partition)?;
+        self.view_of(OFFSETS_TOPIC, topic_id, partition, replicas)
+            .leader
     }
 
     /// The advertised address of this node (first advertised listener).
@@ -911,7 +963,8 @@ pub async fn run(
     let electing = {
         let b = broker.clone();
         let stop = shutdown.clone();
-        tokio::spawn(async move { b.replicas.drive_elections(stop).await })
+        let lag_max = Duration::from_millis(config.replica_lag_time_max_ms);
+        tokio::spawn(async move { b.replicas.drive_elections(lag_max, stop).await })
     };
     let rebalancing = config
         .auto_leader_rebalance_enable

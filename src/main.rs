@@ -65,10 +65,14 @@ struct ServeArgs {
 fn main() -> std::process::ExitCode {
     bound_allocator_caches();
     let cli = Cli::parse();
+    // openraft's own lines are off unless RUST_LOG asks for them: while a
+    // peer is down it logs every failed replication and vote of every group
+    // (thousands of lines a second with many partitions). Fjord logs peer
+    // connections and partition leadership changes itself.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
         )
         .with_writer(std::io::stderr)
         .init();

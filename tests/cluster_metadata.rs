@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
-use kafka_protocol::messages::{DescribeClusterRequest, MetadataRequest};
+use kafka_protocol::messages::DescribeClusterRequest;
 
 use common::kafka_rpc::{admin, KafkaConnection};
 use common::{
@@ -46,18 +46,7 @@ struct View {
 
 async fn view(bootstrap: &str, topic: &str) -> Result<View> {
     let mut conn = KafkaConnection::connect(bootstrap).await?;
-    let metadata = conn
-        .send(
-            12,
-            // Looking must not create it (auto.create.topics.enable is on).
-            &MetadataRequest::default()
-                .with_allow_auto_topic_creation(false)
-                .with_topics(Some(vec![
-                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                        .with_name(Some(admin::topic_name(topic))),
-                ])),
-        )
-        .await?;
+    let metadata = common::cluster::topic_metadata(&mut conn, topic).await?;
     let described = conn.send(0, &DescribeClusterRequest::default()).await?;
     ensure!(
         described.cluster_id.as_str() == metadata.cluster_id.as_deref().unwrap_or_default(),
@@ -516,5 +505,118 @@ async fn voters_started_one_by_one_form_the_cluster_and_keep_it_across_a_full_re
         )) && (1..=3).all(|id| text.contains(&format!("\tBroker: {id}\t"))),
         "{text}"
     );
+    Ok(())
+}
+
+/// KIP-951: a produce or fetch sent to a node that does not lead the
+/// partition (a follower, or a node with no replica at all) is refused
+/// with NOT_LEADER_OR_FOLLOWER naming the leader and its epoch, and the
+/// response carries the leader's endpoint, so a client can go there without
+/// asking for metadata first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_produce_or_fetch_names_the_leader_and_its_endpoint() -> Result<()> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, ProduceRequest};
+    let Some(mut nodes) = Broker::start_cluster(
+        "a_refused_produce_or_fetch_names_the_leader_and_its_endpoint",
+        NODES,
+        &[],
+    )?
+    else {
+        return Ok(());
+    };
+    let bootstraps: Vec<String> = nodes.iter().map(|n| n.bootstrap().to_string()).collect();
+    // One replica: two nodes hold none. Three: two are followers.
+    for rf in ["1", "3"] {
+        let topic = unique_topic(&format!("hint-rf{rf}"));
+        let mut conn = KafkaConnection::connect(&bootstraps[0]).await?;
+        let created =
+            admin::create_topic_with_replication(&mut conn, &topic, 1, rf.parse()?).await?;
+        ensure!(created.error_code == 0, "CreateTopics: {created:?}");
+        let all: Vec<i32> = (1..=NODES as i32).collect();
+        let led = common::cluster::await_leaders(&bootstraps[0], &topic, 1, &all).await?;
+        let leader = led[&0];
+        // The leader has settled once it takes a write: its epoch then (a
+        // new group's first leader may show the term before its own
+        // election for a moment).
+        let settle = producer(&bootstraps[leader as usize - 1], &[])?;
+        produce_ids(&settle, &topic, 0..1, 1).await?;
+        let epoch =
+            common::cluster::partitions(&bootstraps[leader as usize - 1], &topic).await?[&0].epoch;
+        for other in all.iter().copied().filter(|&n| n != leader) {
+            let mut conn = KafkaConnection::connect(&bootstraps[other as usize - 1]).await?;
+            // The others learn the leader from its heartbeat report.
+            let started = Instant::now();
+            let produced = loop {
+                let request = ProduceRequest::default()
+                    .with_acks(-1)
+                    .with_timeout_ms(5_000)
+                    .with_topic_data(vec![TopicProduceData::default()
+                        .with_name(admin::topic_name(&topic))
+                        .with_partition_data(vec![PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(common::bulk::batch(
+                                1,
+                                &topic,
+                                fjord::broker::now_ms(),
+                            )?))])]);
+                let response = conn.send(11, &request).await?;
+                let p = response.responses[0].partition_responses[0].clone();
+                if p.current_leader.leader_id.0 >= 0 || started.elapsed() > CONVERGE_WAIT_MAX {
+                    break (p, response.node_endpoints);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let (p, endpoints) = produced;
+            ensure!(
+                p.error_code == kafka_protocol::error::ResponseError::NotLeaderOrFollower.code(),
+                "rf {rf}: produce to node {other} answered {}",
+                p.error_code
+            );
+            ensure!(
+                p.current_leader.leader_id.0 == leader && p.current_leader.leader_epoch == epoch,
+                "rf {rf}: node {other} names leader {:?}, not {leader} in epoch {epoch}",
+                p.current_leader
+            );
+            let port = bootstraps[leader as usize - 1]
+                .rsplit(':')
+                .next()
+                .context("port")?;
+            ensure!(
+                endpoints
+                    .iter()
+                    .any(|e| e.node_id.0 == leader && e.port.to_string() == port),
+                "rf {rf}: node {other}'s produce answer lacks the leader's endpoint: {endpoints:?}"
+            );
+            let fetch = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(0)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic_id(common::cluster::topic_id(&bootstraps[0], &topic).await?)
+                    .with_partitions(vec![FetchPartition::default()
+                        .with_partition(0)
+                        .with_partition_max_bytes(1 << 20)])]);
+            let response = conn.send(16, &fetch).await?;
+            let p = &response.responses[0].partitions[0];
+            ensure!(
+                p.error_code == kafka_protocol::error::ResponseError::NotLeaderOrFollower.code()
+                    && p.current_leader.leader_id.0 == leader,
+                "rf {rf}: fetch from node {other}: error {}, leader {:?}",
+                p.error_code,
+                p.current_leader
+            );
+            ensure!(
+                response
+                    .node_endpoints
+                    .iter()
+                    .any(|e| e.node_id.0 == leader),
+                "rf {rf}: node {other}'s fetch answer lacks the leader's endpoint"
+            );
+        }
+    }
+    for node in &mut nodes {
+        let _ = node.stop();
+    }
     Ok(())
 }

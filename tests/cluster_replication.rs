@@ -11,14 +11,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{MetadataRequest, ProduceRequest};
+use kafka_protocol::messages::ProduceRequest;
 
+use common::cluster::{await_leaders, coordinator, leaders, CONVERGE_WAIT_MAX};
 use common::kafka_rpc::{admin, KafkaConnection};
 use common::{
     assert_exactly_acked, consume_all, produce_ids, producer, unique_topic, Broker,
@@ -29,58 +29,6 @@ const NODES: usize = 3;
 const PARTITIONS: i32 = 3;
 const ROUND: u64 = 300;
 const KEYS: u64 = 30;
-/// Bound for the cluster to converge (leaders elected, a node caught up).
-const CONVERGE_WAIT_MAX: Duration = Duration::from_secs(60);
-
-/// Each partition's (leader, replicas) as `bootstrap` reports them.
-async fn leaders(bootstrap: &str, topic: &str) -> Result<BTreeMap<i32, (i32, Vec<i32>)>> {
-    let mut conn = KafkaConnection::connect(bootstrap).await?;
-    let metadata = conn
-        .send(
-            12,
-            &MetadataRequest::default()
-                .with_allow_auto_topic_creation(false)
-                .with_topics(Some(vec![
-                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                        .with_name(Some(admin::topic_name(topic))),
-                ])),
-        )
-        .await?;
-    let mut out = BTreeMap::new();
-    for t in &metadata.topics {
-        for p in &t.partitions {
-            out.insert(
-                p.partition_index,
-                (p.leader_id.0, p.replica_nodes.iter().map(|b| b.0).collect()),
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// Waits until each of the `partitions` partitions of `topic` has a leader
-/// among `alive`, as `bootstrap` reports it; returns the leaders.
-async fn await_leaders(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    alive: &[i32],
-) -> Result<BTreeMap<i32, i32>> {
-    let started = Instant::now();
-    loop {
-        let seen = leaders(bootstrap, topic).await.unwrap_or_default();
-        let led: BTreeMap<i32, i32> = seen.iter().map(|(&p, (l, _))| (p, *l)).collect();
-        if led.len() == partitions as usize && led.values().all(|l| alive.contains(l)) {
-            return Ok(led);
-        }
-        ensure!(
-            started.elapsed() < CONVERGE_WAIT_MAX,
-            "partitions of {topic} have no leader among {alive:?}: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_leader_kills_and_a_returning_node_catches_up() -> Result<()> {
     let Some(mut nodes) = Broker::start_cluster(
@@ -151,6 +99,8 @@ async fn acknowledged_records_survive_leader_kills_and_a_returning_node_catches_
     let mut conn = KafkaConnection::connect(returned).await?;
     nodes[second as usize - 1].spawn_again()?;
     nodes[second as usize - 1].wait_ready()?;
+    let everyone_up: Vec<&str> = bootstraps.iter().map(String::as_str).collect();
+    common::cluster::await_brokers(&everyone_up, &all_ids).await?;
     let created = admin::create_topic(
         &mut conn,
         &strict,
@@ -301,29 +251,6 @@ async fn produce_one(conn: &mut KafkaConnection, topic: &str) -> Result<i16> {
         .and_then(|t| t.partition_responses.first())
         .map(|p| p.error_code)
         .context("produce response without a partition")
-}
-
-/// The group coordinator named by `bootstrap` for `group`, once one is.
-async fn coordinator(bootstrap: &str, group: &str) -> Result<i32> {
-    let started = Instant::now();
-    loop {
-        let mut conn = KafkaConnection::connect(bootstrap).await?;
-        let found = conn
-            .send(
-                3,
-                &kafka_protocol::messages::FindCoordinatorRequest::default()
-                    .with_key(admin::s(group)),
-            )
-            .await?;
-        if found.error_code == 0 {
-            return Ok(found.node_id.0);
-        }
-        ensure!(
-            started.elapsed() < CONVERGE_WAIT_MAX,
-            "no coordinator for {group}: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A simple consumer's commit (no generation) of `offset` for partition 0.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -31,6 +31,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::clock::now_us;
+use crate::kafka_rpc;
 
 const TOPIC: &str = "failover";
 const READY_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -73,6 +74,21 @@ pub struct FailoverArgs {
     /// Where to write the JSON result.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// librdkafka debug contexts for the producer (e.g. `topic,metadata,msg`),
+    /// its log lines printed to stderr with the wall clock: to see what the
+    /// client does during a failover.
+    #[arg(long)]
+    pub client_debug: Option<String>,
+}
+
+/// The producer's context: prints librdkafka's log lines to stderr, stamped
+/// with the wall clock like the kill lines.
+struct Logging;
+
+impl ClientContext for Logging {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        eprintln!("{} rdkafka {fac}: {log_message}", wall_clock());
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -301,7 +317,11 @@ pub async fn run(args: FailoverArgs) -> Result<FailoverReport> {
     // The producer: librdkafka's defaults, records numbered from 0.
     let mut config = client(&bootstrap);
     config.set("enable.idempotence", (!args.no_idempotence).to_string());
-    let producer: FutureProducer = config.create()?;
+    if let Some(contexts) = &args.client_debug {
+        config.set("debug", contexts);
+        config.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    let producer: FutureProducer<Logging> = config.create_with_context(Logging)?;
     let acks: Arc<Mutex<BTreeMap<u64, (u64, u64)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -365,28 +385,45 @@ pub async fn run(args: FailoverArgs) -> Result<FailoverReport> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|n| i32::from(n.id) != leader)
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut epoch_before = None;
+        for address in &addresses {
+            if let Ok(Some((l, epoch))) = kafka_rpc::leader_and_epoch(address, TOPIC, 0).await {
+                if l == leader {
+                    epoch_before = Some(epoch);
+                    break;
+                }
+            }
+        }
+        let epoch_before = epoch_before.context("no node names the leader's epoch")?;
         let victim = &mut cluster.nodes[leader as usize - 1];
         let killed_us = now_us();
         kill_times.push(killed_us);
         victim.kill9()?;
         let waited = Instant::now();
-        // Meanwhile: when Metadata first names another leader.
-        let watcher = {
-            let bootstrap = bootstrap.clone();
-            tokio::task::spawn_blocking(move || -> Option<u64> {
-                let client: BaseConsumer = client(&bootstrap).create().ok()?;
-                let started = Instant::now();
-                while started.elapsed() < ACK_WAIT_MAX {
-                    if let Some((l, _)) = leader_and_isr(&client) {
-                        if l != leader {
+        // Meanwhile: when a surviving node first names another leader in a
+        // later epoch (the leader elected, not a guess during the election).
+        let watcher = tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < ACK_WAIT_MAX {
+                for address in &addresses {
+                    if let Ok(Some((l, epoch))) =
+                        kafka_rpc::leader_and_epoch(address, TOPIC, 0).await
+                    {
+                        if l != leader && epoch > epoch_before {
                             return Some(now_us());
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(10));
                 }
-                None
-            })
-        };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None
+        });
         let first_ack = loop {
             let first = acks
                 .lock()

@@ -14,6 +14,7 @@ mod consumer;
 mod error_name;
 mod failover;
 mod faults;
+mod kafka_rpc;
 mod payload;
 mod process_usage;
 mod producer;

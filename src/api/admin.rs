@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -28,6 +29,12 @@ use uuid::Uuid;
 
 use crate::broker::{Broker, KafkaError};
 use crate::cluster::TopicConfigs;
+use crate::raft::partition_group::ProduceError;
+
+/// Bounds on how long DeleteRecords waits for the new log start to be
+/// committed (the request's `timeout_ms`, within these).
+const DELETE_RECORDS_WAIT_MIN: Duration = Duration::from_secs(1);
+const DELETE_RECORDS_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// Kafka's AclOperation codes, as bits of an authorized-operations field.
 pub mod acl {
@@ -389,61 +396,62 @@ pub async fn delete_records(
     _version: i16,
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
-    let b = broker.clone();
-    let results = super::blocking(move || {
-        request
-            .topics
-            .into_iter()
-            .map(|topic| {
-                let mut t = DeleteRecordsTopicResult::default();
-                // Kafka refuses to delete records of an internal topic: for
-                // __consumer_offsets it would drop every group's offsets.
-                let internal = b.metadata.topic(&topic.name).is_some_and(|m| m.internal);
-                t.partitions = topic
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut r = DeleteRecordsPartitionResult::default();
-                        r.partition_index = p.partition_index;
-                        r.low_watermark = -1;
-                        match b.replicas.get(&topic.name, p.partition_index) {
-                            _ if internal => {
-                                r.error_code = ResponseError::InvalidTopicException.code()
+    let wait = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0))
+        .clamp(DELETE_RECORDS_WAIT_MIN, DELETE_RECORDS_WAIT_MAX);
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let mut t = DeleteRecordsTopicResult::default();
+        // Kafka refuses to delete records of an internal topic: for
+        // __consumer_offsets it would drop every group's offsets.
+        let internal = broker
+            .metadata
+            .topic(&topic.name)
+            .is_some_and(|m| m.internal);
+        for p in &topic.partitions {
+            let mut r = DeleteRecordsPartitionResult::default();
+            r.partition_index = p.partition_index;
+            r.low_watermark = -1;
+            let partition = broker.replicas.get(&topic.name, p.partition_index);
+            match partition {
+                _ if internal => r.error_code = ResponseError::InvalidTopicException.code(),
+                None => {
+                    r.error_code = broker
+                        .missing_partition_error(&topic.name, p.partition_index)
+                        .code()
+                }
+                Some(partition) => {
+                    let hw = partition.high_watermark();
+                    // -1 means "up to the high watermark".
+                    let target = if p.offset == -1 { hw } else { p.offset };
+                    if partition.led_epoch().is_err() {
+                        r.error_code = ResponseError::NotLeaderOrFollower.code();
+                    } else if target < 0 || target > hw {
+                        r.error_code = ResponseError::OffsetOutOfRange.code();
+                    } else if target <= partition.log_start_offset() {
+                        r.low_watermark = partition.log_start_offset();
+                    } else {
+                        // Every replica moves its log start (the leader
+                        // proposes it through the partition's group).
+                        match partition.advance_log_start(target, wait).await {
+                            Ok(low) => r.low_watermark = low,
+                            Err(ProduceError::NotLeader(_)) => {
+                                r.error_code = ResponseError::NotLeaderOrFollower.code()
                             }
-                            None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                            Some(partition) => {
-                                let hw = partition.high_watermark();
-                                // -1 means "up to the high watermark".
-                                let target = if p.offset == -1 { hw } else { p.offset };
-                                if target < 0 || target > hw {
-                                    r.error_code = ResponseError::OffsetOutOfRange.code();
-                                } else {
-                                    match partition
-                                        .with_log(|log| log.delete_records_before(target))
-                                    {
-                                        Ok(low) => r.low_watermark = low,
-                                        Err(e) => {
-                                            tracing::error!(error = %e, "delete records failed");
-                                            r.error_code = ResponseError::KafkaStorageError.code();
-                                        }
-                                    }
-                                }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "delete records failed");
+                                r.error_code = ResponseError::RequestTimedOut.code();
                             }
                         }
-                        r
-                    })
-                    .collect();
-                t.name = topic.name;
-                t
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let mut response = DeleteRecordsResponse::default();
-    match results {
-        Ok(r) => response.topics = r,
-        Err((_, text)) => tracing::error!(%text, "delete records failed"),
+                    }
+                }
+            }
+            t.partitions.push(r);
+        }
+        t.name = topic.name;
+        topics.push(t);
     }
+    let mut response = DeleteRecordsResponse::default();
+    response.topics = topics;
     response
 }
 

@@ -16,12 +16,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::leader_hint;
 use crate::broker::Broker;
 use crate::log::ReadError;
 use crate::replica::Partition;
@@ -48,6 +52,7 @@ struct Answer {
 pub async fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -> FetchResponse {
     let config = broker.config.clone();
     let mut topics: Vec<(TopicName, Uuid)> = Vec::with_capacity(request.topics.len());
+    let mut topic_names: Vec<Option<String>> = Vec::with_capacity(request.topics.len());
     let mut slots = Vec::new();
     for topic in request.topics {
         let name = if version >= 13 {
@@ -57,6 +62,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -
         };
         let topic_index = topics.len();
         topics.push((topic.topic.clone(), topic.topic_id));
+        topic_names.push(name.clone());
         for p in topic.partitions {
             let partition = match &name {
                 None if version >= 13 => Err(ResponseError::UnknownTopicId),
@@ -128,6 +134,8 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -
     };
 
     let mut response = FetchResponse::default();
+    let names: Vec<Option<String>> = topic_names;
+    let mut hints = Vec::new();
     let mut out: Vec<FetchableTopicResponse> = topics
         .into_iter()
         .map(|(name, id)| {
@@ -152,11 +160,38 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -
             p.log_start_offset = answer.log_start_offset;
         }
         p.records = Some(answer.records);
+        // KIP-951: name the leader, if another node leads.
+        let moved = matches!(
+            answer.error,
+            Some(ResponseError::NotLeaderOrFollower | ResponseError::FencedLeaderEpoch)
+        );
+        let topic = names.get(slot.topic_index).and_then(Option::as_deref);
+        let hint = (version >= 16 && moved)
+            .then(|| leader_hint::leader_of(broker, topic?, slot.partition_index))
+            .flatten();
+        if let Some(h) = hint {
+            p.current_leader = LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(h.leader))
+                .with_leader_epoch(h.epoch);
+            hints.push(h);
+        }
         if let Some(t) = out.get_mut(slot.topic_index) {
             t.partitions.push(p);
         }
     }
     response.responses = out;
+    if version >= 16 {
+        response.node_endpoints = leader_hint::endpoints(broker, hints.into_iter())
+            .into_iter()
+            .map(|b| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(StrBytes::from_string(b.host))
+                    .with_port(b.port)
+                    .with_rack(b.rack.map(StrBytes::from_string))
+            })
+            .collect();
+    }
     response
 }
 

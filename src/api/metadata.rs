@@ -194,7 +194,9 @@ fn topic_response(broker: &Broker, version: i16, topic: &TopicMeta) -> MetadataR
             p.partition_index = index;
             let view = broker.partition_view(topic, index);
             p.replica_nodes = view.replicas.iter().copied().map(BrokerId).collect();
-            match view.leader {
+            // During an election, the replica likely to win (see
+            // `PartitionView::electing`), so that clients look again soon.
+            match view.leader.or(view.electing) {
                 Some(leader) => {
                     p.leader_id = BrokerId(leader);
                     if version >= 7 {

@@ -11,11 +11,13 @@ pub mod coordinator;
 pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod group;
+pub mod leader_hint;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;
 pub mod producer_id;
+pub mod replicas;
 
 use std::sync::Arc;
 
@@ -145,6 +147,17 @@ impl KafkaApis {
                 ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(b, v, r).await)
                     .into()
             }
+            RequestKind::ElectLeaders(r) => {
+                let forwarded = client_id == replicas::ELECT_FORWARD_CLIENT_ID;
+                ResponseKind::ElectLeaders(replicas::elect_leaders(b, v, r, forwarded).await).into()
+            }
+            RequestKind::DescribeLogDirs(r) => {
+                ResponseKind::DescribeLogDirs(replicas::describe_log_dirs(b, v, r).await).into()
+            }
+            RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
+                replicas::list_partition_reassignments(v, r),
+            )
+            .into(),
             RequestKind::DescribeTopicPartitions(r) => {
                 ResponseKind::DescribeTopicPartitions(describe_topic_partitions::handle(b, v, r))
                     .into()

@@ -24,13 +24,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, ProduceRequest, ProduceResponse, ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::Outcome;
+use super::{leader_hint, Outcome};
 use crate::broker::{now_ms, Broker};
 use crate::log::{validate_produce, AppendError, AppendInfo, RecordError, Validated};
 use crate::raft::partition_group::ProduceError;
@@ -216,8 +219,9 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
         };
     }
     if pending.is_empty() {
-        return respond(version, topics, work);
+        return respond(broker, version, topics, work);
     }
+    let broker = broker.clone();
     Outcome::Later(Box::pin(async move {
         let waits = pending.into_iter().map(|(index, p)| async move {
             let outcome = if acks == 1 {
@@ -237,7 +241,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
                 item.result = Some(result);
             }
         }
-        respond(version, topics, work)
+        respond(&broker, version, topics, work)
     }))
 }
 
@@ -273,11 +277,14 @@ fn produce_error(e: ProduceError) -> Refusal {
 
 /// The produce response for appended (or refused) partitions.
 fn respond(
+    broker: &Broker,
     version: i16,
     topics: Vec<(TopicName, Uuid, Option<String>)>,
     work: Vec<Work>,
 ) -> Outcome {
     let mut response = ProduceResponse::default();
+    let names: Vec<Option<String>> = topics.iter().map(|t| t.2.clone()).collect();
+    let mut hints = Vec::new();
     let mut responses: Vec<TopicProduceResponse> = topics
         .into_iter()
         .map(|(name, id, _)| {
@@ -313,6 +320,17 @@ fn respond(
             Err(refusal) => {
                 p.error_code = refusal.code.code();
                 p.base_offset = -1;
+                // KIP-951: name the leader, if another node leads.
+                let topic = names.get(item.topic_index).and_then(Option::as_deref);
+                let hint = (version >= 10 && refusal.code == ResponseError::NotLeaderOrFollower)
+                    .then(|| leader_hint::leader_of(broker, topic?, item.partition_index))
+                    .flatten();
+                if let Some(h) = hint {
+                    p.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(h.leader))
+                        .with_leader_epoch(h.epoch);
+                    hints.push(h);
+                }
                 if version >= 8 {
                     if !refusal.message.is_empty() {
                         p.error_message = Some(StrBytes::from_string(refusal.message));
@@ -336,6 +354,16 @@ fn respond(
         }
     }
     response.responses = responses;
+    response.node_endpoints = leader_hint::endpoints(broker, hints.into_iter())
+        .into_iter()
+        .map(|b| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(b.port)
+                .with_rack(b.rack.map(StrBytes::from_string))
+        })
+        .collect();
     ResponseKind::Produce(response).into()
 }
 

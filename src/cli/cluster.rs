@@ -80,10 +80,15 @@ pub async fn add_voter(client: &mut Client, node_id: i32) -> Result<()> {
     Ok(())
 }
 
+/// The status text: the brokers (those listed alive, and any a replica
+/// list names that Metadata does not list: down), how many partitions each
+/// leads and holds, and the partitions without a leader (offline) or with
+/// fewer replicas in sync than assigned (under-replicated).
 fn format_status(metadata: &MetadataResponse) -> String {
     let mut led: BTreeMap<i32, usize> = BTreeMap::new();
     let mut held: BTreeMap<i32, usize> = BTreeMap::new();
     let mut leaderless = Vec::new();
+    let mut under_replicated = Vec::new();
     let mut partitions = 0usize;
     for topic in &metadata.topics {
         let name = topic.name.as_ref().map_or("", |n| n.0.as_str());
@@ -91,6 +96,9 @@ fn format_status(metadata: &MetadataResponse) -> String {
             partitions += 1;
             if p.leader_id.0 >= 0 {
                 *led.entry(p.leader_id.0).or_default() += 1;
+                if p.isr_nodes.len() < p.replica_nodes.len() {
+                    under_replicated.push(format!("{name}-{}", p.partition_index));
+                }
             } else {
                 leaderless.push(format!("{name}-{}", p.partition_index));
             }
@@ -108,16 +116,22 @@ fn format_status(metadata: &MetadataResponse) -> String {
         metadata.brokers.len(),
         metadata.topics.len(),
     );
-    let mut brokers: Vec<_> = metadata.brokers.iter().collect();
-    brokers.sort_by_key(|b| b.node_id.0);
-    for b in brokers {
-        let id = b.node_id.0;
+    let alive: BTreeMap<i32, _> = metadata.brokers.iter().map(|b| (b.node_id.0, b)).collect();
+    let mut ids: Vec<i32> = alive.keys().chain(held.keys()).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        let (address, rack, up) = match alive.get(&id) {
+            Some(b) => (
+                format!("{}:{}", b.host.as_str(), b.port),
+                b.rack.as_deref().unwrap_or("-").to_string(),
+                "yes",
+            ),
+            None => ("-".to_string(), "-".to_string(), "no"),
+        };
         let _ = writeln!(
             out,
-            "\tBroker: {id}\tAddress: {}:{}\tRack: {}\tLeads: {}\tReplicas: {}{}",
-            b.host.as_str(),
-            b.port,
-            b.rack.as_deref().unwrap_or("-"),
+            "\tBroker: {id}\tAddress: {address}\tRack: {rack}\tAlive: {up}\tLeads: {}\tReplicas: {}{}",
             led.get(&id).copied().unwrap_or(0),
             held.get(&id).copied().unwrap_or(0),
             if id == metadata.controller_id.0 {
@@ -127,14 +141,14 @@ fn format_status(metadata: &MetadataResponse) -> String {
             },
         );
     }
-    if !leaderless.is_empty() {
-        leaderless.sort();
-        let _ = writeln!(
-            out,
-            "Without a leader ({}): {}",
-            leaderless.len(),
-            leaderless.join(" ")
-        );
+    for (what, list) in [
+        ("Offline (no leader)", &mut leaderless),
+        ("Under-replicated", &mut under_replicated),
+    ] {
+        if !list.is_empty() {
+            list.sort();
+            let _ = writeln!(out, "{what} ({}): {}", list.len(), list.join(" "));
+        }
     }
     out
 }
@@ -149,18 +163,19 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
 
     #[test]
-    fn status_counts_leaders_and_replicas_per_broker() {
+    fn status_counts_leaders_replicas_down_brokers_and_troubled_partitions() {
         let broker = |id: i32| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(id))
                 .with_host(StrBytes::from_static_str("127.0.0.1"))
                 .with_port(9090 + id)
         };
-        let partition = |index: i32, leader: i32, replicas: &[i32]| {
+        let partition = |index: i32, leader: i32, replicas: &[i32], isr: &[i32]| {
             MetadataResponsePartition::default()
                 .with_partition_index(index)
                 .with_leader_id(BrokerId(leader))
                 .with_replica_nodes(replicas.iter().map(|&r| BrokerId(r)).collect())
+                .with_isr_nodes(isr.iter().map(|&r| BrokerId(r)).collect())
         };
         let metadata = MetadataResponse::default()
             .with_cluster_id(Some(StrBytes::from_static_str("abc")))
@@ -169,9 +184,9 @@ mod tests {
             .with_topics(vec![MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_static_str("t"))))
                 .with_partitions(vec![
-                    partition(0, 1, &[1, 2]),
-                    partition(1, 2, &[2, 1]),
-                    partition(2, -1, &[1]),
+                    partition(0, 1, &[1, 2], &[1, 2]),
+                    partition(1, 2, &[2, 1, 3], &[2, 1]),
+                    partition(2, -1, &[1], &[]),
                 ])]);
         let text = format_status(&metadata);
         assert!(
@@ -181,11 +196,19 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("\tBroker: 1\tAddress: 127.0.0.1:9091\tRack: -\tLeads: 1\tReplicas: 3\n"),
+            text.contains(
+                "\tBroker: 1\tAddress: 127.0.0.1:9091\tRack: -\tAlive: yes\tLeads: 1\tReplicas: 3\n"
+            ),
             "{text}"
         );
-        assert!(text.contains("\tBroker: 2\tAddress: 127.0.0.1:9092\tRack: -\tLeads: 1\tReplicas: 2\t(controller)\n"), "{text}");
-        assert!(text.contains("Without a leader (1): t-2"), "{text}");
+        assert!(text.contains("\tBroker: 2\tAddress: 127.0.0.1:9092\tRack: -\tAlive: yes\tLeads: 1\tReplicas: 2\t(controller)\n"), "{text}");
+        // Named by a replica list, not listed alive: down.
+        assert!(
+            text.contains("\tBroker: 3\tAddress: -\tRack: -\tAlive: no\tLeads: 0\tReplicas: 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("Offline (no leader) (1): t-2"), "{text}");
+        assert!(text.contains("Under-replicated (1): t-1"), "{text}");
         assert!(text.find("Broker: 1") < text.find("Broker: 2"), "{text}");
     }
 }

@@ -445,7 +445,7 @@ impl ClusterMetadata {
     }
 
     /// Registered brokers that are alive now (this one, and the peers the
-    /// transport hears from), by id.
+    /// transport heard from lately), by id.
     pub fn alive_brokers(&self) -> Vec<BrokerRegistration> {
         let me = self.node_id;
         self.read(|s| {
@@ -462,6 +462,25 @@ impl ClusterMetadata {
         broker == self.node_id
             || (self.read(|s| s.brokers.contains_key(&broker))
                 && self.transport.is_alive(broker as NodeId))
+    }
+
+    /// Whether this node reaches `broker` now: heard lately and connected
+    /// (a killed node is unreachable the moment its connection breaks).
+    /// Only a reachable node is named a partition's leader.
+    pub fn is_reachable(&self, broker: i32) -> bool {
+        broker == self.node_id || self.transport.is_reachable(broker as NodeId)
+    }
+
+    /// The peer that, by its latest heartbeat report, leads `group` in the
+    /// highest term, among the reachable ones.
+    pub fn claimed_leader(
+        &self,
+        group: &crate::raft::GroupId,
+    ) -> Option<crate::raft::leaders::Claim> {
+        let fresh = self.transport.config().dead_after;
+        self.transport
+            .leaders()
+            .leader_of(group, fresh, |n| self.transport.is_reachable(n))
     }
 
     /// The runtime blocking threads reach async work through.
@@ -487,9 +506,13 @@ impl ClusterMetadata {
         })
     }
 
-    /// One partition's replicas, without copying the whole topic.
-    pub fn replicas(&self, topic: &str, partition: i32) -> Option<Vec<i32>> {
-        self.read(|s| Some(s.topics.get(topic)?.replicas_of(partition).to_vec()))
+    /// One partition's topic id and replicas, without copying the whole
+    /// topic.
+    pub fn replicas(&self, topic: &str, partition: i32) -> Option<(Uuid, Vec<i32>)> {
+        self.read(|s| {
+            let t = s.topics.get(topic)?;
+            Some((t.id, t.replicas_of(partition).to_vec()))
+        })
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {

@@ -1250,7 +1250,8 @@ impl GroupCoordinator {
                 }
             }
         };
-        match target.with_log(|log| log.delete_records_before(new_start)) {
+        // Through the partition's group: every replica drops the old records.
+        match target.advance_log_start_blocking(new_start) {
             Ok(low) => tracing::info!(
                 partition,
                 live_records = records.len(),

@@ -69,6 +69,9 @@ pub struct AppendInfo {
     pub batch_count: usize,
     /// Bytes written (0 for a duplicate).
     pub size_bytes: usize,
+    /// The batches as written, offsets and leader epoch stamped (empty for a
+    /// duplicate): what a reader of these offsets would get back.
+    pub written: Bytes,
 }
 
 /// Batches read for a fetch.
@@ -484,6 +487,7 @@ impl PartitionLog {
                         max_timestamp_ms: original.timestamp_ms,
                         batch_count: 0,
                         size_bytes: 0,
+                        written: Bytes::new(),
                     });
                 }
             }
@@ -511,6 +515,7 @@ impl PartitionLog {
             max_timestamp_ms,
             batch_count: batches.len(),
             size_bytes: stored.len(),
+            written: Bytes::from(stored),
         })
     }
 
@@ -805,6 +810,65 @@ impl PartitionLog {
         self.producer_state
             .remove_expired(now_ms, self.config.producer_id_expiration_ms);
         Ok(deleted)
+    }
+
+    /// Where time and size retention would start the log now: the base
+    /// offset of the first segment they keep (the log end if they delete
+    /// them all), never deleting a segment holding offsets at or above
+    /// `offset_max_exclusive`; `None` if nothing is due. Deletes nothing:
+    /// the partition's leader moves the log start there on every replica.
+    pub fn retention_start(
+        &self,
+        now_ms: i64,
+        offset_max_exclusive: i64,
+    ) -> Result<Option<i64>, LogError> {
+        self.ensure_online()?;
+        let log_end_offset = self.log_end_offset();
+        let deletable = |i: usize| {
+            let next = self.segments.get(i + 1);
+            let last_and_empty = next.is_none() && self.segments[i].size_bytes() == 0;
+            let end_offset = next.map_or(log_end_offset, LogSegment::base_offset);
+            !last_and_empty && end_offset <= offset_max_exclusive
+        };
+        let mut count = 0;
+        let retention_ms = self.config.retention_ms;
+        if retention_ms >= 0 {
+            while count < self.segments.len() && deletable(count) {
+                let newest = self.segments[count].largest_timestamp_ms()?;
+                if now_ms.saturating_sub(newest) <= retention_ms {
+                    break;
+                }
+                count += 1;
+            }
+        }
+        let retention_bytes = self.config.retention_bytes;
+        if retention_bytes >= 0 {
+            let kept: i64 = self.segments[count..]
+                .iter()
+                .map(|s| s.size_bytes() as i64)
+                .sum();
+            let mut excess_bytes = kept - retention_bytes;
+            while count < self.segments.len() && deletable(count) {
+                let size = self.segments[count].size_bytes() as i64;
+                if excess_bytes - size < 0 {
+                    break;
+                }
+                excess_bytes -= size;
+                count += 1;
+            }
+        }
+        let start = match count {
+            0 => return Ok(None),
+            n if n == self.segments.len() => log_end_offset,
+            n => self.segments[n].base_offset(),
+        };
+        Ok((start > self.log_start_offset).then_some(start))
+    }
+
+    /// Forgets producers idle for longer than `producer.id.expiration.ms`.
+    pub fn expire_producers(&mut self, now_ms: i64) {
+        self.producer_state
+            .remove_expired(now_ms, self.config.producer_id_expiration_ms);
     }
 
     /// Kafka's `deleteOldSegments`: deletes the longest prefix of segments

@@ -50,6 +50,9 @@ pub fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         OffsetDelete,
         DescribeTopicPartitions,
         AddRaftVoter,
+        ElectLeaders,
+        DescribeLogDirs,
+        ListPartitionReassignments,
     ];
     implemented
         .into_iter()
@@ -105,6 +108,11 @@ fn message_range(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::OffsetFetch => both::<OffsetFetchRequest, OffsetFetchResponse>(),
         ApiKey::OffsetDelete => both::<OffsetDeleteRequest, OffsetDeleteResponse>(),
         ApiKey::AddRaftVoter => both::<AddRaftVoterRequest, AddRaftVoterResponse>(),
+        ApiKey::ElectLeaders => both::<ElectLeadersRequest, ElectLeadersResponse>(),
+        ApiKey::DescribeLogDirs => both::<DescribeLogDirsRequest, DescribeLogDirsResponse>(),
+        ApiKey::ListPartitionReassignments => {
+            both::<ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse>()
+        }
         ApiKey::DescribeTopicPartitions => {
             both::<DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse>()
         }

@@ -33,6 +33,17 @@ pub struct GroupTimers {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// The leader lease; `None`: `election_timeout_max_ms` (openraft's).
+    pub lease_ms: Option<u64>,
+    /// Partition groups: how many entries below what every voter holds a
+    /// replica keeps in its entry index (a replica that lost its last
+    /// unsynced writes in a crash still finds its place: 5,000 entries are
+    /// more than a second of produce requests at full rate on one
+    /// partition, and `log.flush.interval.ms` is a second), and how many
+    /// more must have accumulated before a purge (the index's memory is
+    /// about 100 bytes an entry, per partition).
+    pub purge_keep_entries: u64,
+    pub purge_step_entries: u64,
 }
 
 impl Default for GroupTimers {
@@ -41,21 +52,30 @@ impl Default for GroupTimers {
             heartbeat_ms: 100,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
+            lease_ms: None,
+            purge_keep_entries: 10_000,
+            purge_step_entries: 10_000,
         }
     }
 }
 
 impl GroupTimers {
-    /// Partition groups: openraft's heartbeats every 100 ms; their
-    /// elections are the node's (`ReplicaManager::drive_elections`), so the
-    /// election timeout only sets openraft's leader lease (a follower
-    /// refuses other candidates for `election_timeout_max` after it last
-    /// heard its leader), kept short so that a failover is quick.
+    /// Partition groups: openraft's heartbeats and elections are off (the
+    /// node's heartbeat report and election driver stand in, and a pre-vote
+    /// keeps a node that lost sight of a live leader from disturbing it), so
+    /// the leader lease is 0 (`lease_ms`: a follower whose leader is gone
+    /// votes at once) and the other timers only bound openraft's RPCs: an
+    /// AppendEntries waits at most `heartbeat_ms` (a follower's append, with
+    /// `--fsync always` its fsync, on a loaded machine), a vote
+    /// `election_timeout_min_ms`.
     pub fn partitions() -> GroupTimers {
         GroupTimers {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            heartbeat_ms: 2000,
+            election_timeout_min_ms: 2500,
+            election_timeout_max_ms: 3000,
+            lease_ms: Some(0),
+            purge_keep_entries: 5_000,
+            purge_step_entries: 1_000,
         }
     }
 
@@ -66,6 +86,7 @@ impl GroupTimers {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
+            leader_lease: self.lease_ms,
             ..base
         }
         .validate()

@@ -7,6 +7,9 @@
 //! - `transport` — node-to-node RPC on the CONTROLLER listener: one
 //!   connection per peer and direction carrying every group's messages,
 //!   framing, request ids, timeouts, reconnects, and node liveness.
+//! - `leaders` — the report of which groups a node leads, carried by the
+//!   transport's heartbeat to every peer: followers learn from it that
+//!   their leader is there, and every node who leads what.
 //! - `entry_log` — a file-backed Raft log and state machine for small groups
 //!   (the metadata group), whose entries are serialized commands.
 //! - `network` — openraft's network over the transport, and the registry
@@ -17,7 +20,7 @@
 //!   entries take no offsets.
 //! - `partition_group` — a partition's group on this node: that store, a
 //!   state machine that moves the high watermark to the committed end, and
-//!   produce through the leader. Neither is wired into the broker yet.
+//!   produce through the leader.
 //! - `group` — starts an entry group on a node (files, Raft, registry) and
 //!   bootstraps a fresh one: the lowest voter initializes it once a majority
 //!   of the voters hold no state of it.
@@ -25,15 +28,17 @@
 //!   this node stops (Kafka's controlled shutdown).
 //!
 //! Design decision (see DESIGN.md, "Consensus layout"): partition groups
-//! will run with openraft's per-group timers off. Heartbeats and elections of thousands of partition groups would cost
-//! CPU in proportion to the partition count even when idle; instead one
-//! node-level heartbeat per peer tells which nodes are alive, and a
+//! run with openraft's per-group timers off. Heartbeats and elections of
+//! thousands of partition groups would cost CPU in proportion to the
+//! partition count even when idle; instead one node-level heartbeat per
+//! peer tells which nodes are alive and which groups each leads, and a
 //! node-level election driver triggers elections only in the groups whose
 //! leader is gone. The metadata group is a single group and keeps
 //! openraft's own timers (`group::GroupTimers`).
 
 pub mod entry_log;
 pub mod group;
+pub mod leaders;
 pub mod network;
 pub mod partition_group;
 pub mod partition_store;

@@ -21,7 +21,9 @@ use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
+use openraft::{
+    BasicNode, LogId, Raft, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote,
+};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +61,14 @@ pub enum RaftRequest<C: EntryTypes> {
     /// Start an election now: the leader, resigning, found this follower
     /// holding its whole log (Raft's TimeoutNow; see `transfer`).
     Elect,
+    /// Raft's pre-vote (partition groups): would this voter vote for
+    /// `candidate`, whose log ends at `last_log_id`? Asked before a real
+    /// election, so that a candidate that cannot win (a shorter log, or a
+    /// leader the voter still hears) bumps no term and disturbs no one.
+    PreVote {
+        candidate: NodeId,
+        last_log_id: Option<LogId<NodeId>>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +90,14 @@ pub enum RaftReply {
     VoterAdded(Result<(), (String, Option<NodeId>)>),
     /// The election was started, or why not.
     Electing(Result<(), String>),
+    /// Whether this voter would vote for the candidate.
+    PreVoted(bool),
+}
+
+/// How a voter answers a pre-vote: the group's own judgement (its log, and
+/// whether it still hears its leader).
+pub trait PreVoteJudge: Send + Sync + 'static {
+    fn grants(&self, candidate: NodeId, last_log_id: Option<LogId<NodeId>>) -> bool;
 }
 
 fn codec() -> impl Options {
@@ -105,12 +123,15 @@ pub trait GroupService: Send + Sync + 'static {
 pub struct RaftService<C: EntryTypes> {
     raft: Raft<C>,
     leaving: Arc<AtomicBool>,
+    /// Answers pre-votes; a group without one refuses them.
+    judge: Option<Arc<dyn PreVoteJudge>>,
 }
 
 impl<C: EntryTypes> GroupService for RaftService<C> {
     fn handle(&self, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let raft = self.raft.clone();
         let leaving = self.leaving.load(Ordering::Acquire);
+        let judge = self.judge.clone();
         Box::pin(async move {
             let request: RaftRequest<C> = decode(&body)?;
             let reply = match request {
@@ -152,6 +173,12 @@ impl<C: EntryTypes> GroupService for RaftService<C> {
                 RaftRequest::Elect => {
                     RaftReply::Electing(raft.trigger().elect().await.map_err(|e| e.to_string()))
                 }
+                RaftRequest::PreVote {
+                    candidate,
+                    last_log_id,
+                } => RaftReply::PreVoted(
+                    !leaving && judge.is_some_and(|j| j.grants(candidate, last_log_id)),
+                ),
                 RaftRequest::Propose(command) => {
                     RaftReply::Proposed(match raft.client_write(command).await {
                         Ok(written) => Ok((written.log_id.index, encode(&written.data)?)),
@@ -193,6 +220,21 @@ impl Registry {
         Arc::new(RaftService {
             raft,
             leaving: self.leaving.clone(),
+            judge: None,
+        })
+    }
+
+    /// [`service`](Self::service) for a group that answers pre-votes with
+    /// `judge` (a node that is leaving refuses them).
+    pub fn service_with_pre_vote<C: EntryTypes>(
+        &self,
+        raft: Raft<C>,
+        judge: Arc<dyn PreVoteJudge>,
+    ) -> Arc<dyn GroupService> {
+        Arc::new(RaftService {
+            raft,
+            leaving: self.leaving.clone(),
+            judge: Some(judge),
         })
     }
 
@@ -358,6 +400,26 @@ pub async fn request_join<C: EntryTypes>(
     match decode(&answer).map_err(|e| (e, None))? {
         RaftReply::Joined(result) => result,
         _ => Err((unexpected(peer).to_string(), None)),
+    }
+}
+
+/// Asks `peer` whether it would vote for this node in `group`, whose log
+/// ends at `last_log_id` (Raft's pre-vote).
+pub async fn pre_vote<C: EntryTypes>(
+    transport: &Transport,
+    group: GroupId,
+    peer: NodeId,
+    last_log_id: Option<LogId<NodeId>>,
+) -> Result<bool, CallError> {
+    let request = RaftRequest::<C>::PreVote {
+        candidate: transport.config().node_id,
+        last_log_id,
+    };
+    let body = encode(&request).map_err(|e| CallError::Remote(peer, e))?;
+    let answer = transport.call(peer, group, body).await?;
+    match decode(&answer).map_err(|e| CallError::Remote(peer, e))? {
+        RaftReply::PreVoted(granted) => Ok(granted),
+        _ => Err(unexpected(peer)),
     }
 }
 

@@ -7,8 +7,13 @@
 //! batches above it (appended, not yet committed), and only the state
 //! machine moves it, once a majority holds them.
 //!
-//! Not yet: the group keeps openraft's own timers (the node-level election
-//! driver comes with wiring it into the broker); snapshots are never taken,
+//! openraft's own timers are off (no per-group heartbeats, ticks or
+//! election timeouts): the node's heartbeat to each peer says which groups
+//! it leads (`leaders`), and the node-level election driver
+//! ([`PartitionGroup::check_election`]) starts an election only where a
+//! group's leader is gone.
+//!
+//! Not yet: snapshots are never taken,
 //! so the entry index is never purged and a replica is never rebuilt from a
 //! snapshot (a replica too far behind needs the leader's segments: later);
 //! the applied state is not saved, so a restart re-applies the committed
@@ -29,9 +34,11 @@ use tokio::sync::watch;
 
 use super::entry_log::io_error;
 use super::group::{bootstrap, GroupTimers};
-use super::network::{GroupNetwork, Registry};
+use super::leaders::Led;
+use super::network::{pre_vote, GroupNetwork, PreVoteJudge, Registry};
 use super::partition_store::{
-    AppendOutcome, PartitionApplied, PartitionEntry, PartitionStore, PartitionTypes,
+    AppendOutcome, Durability, PartitionApplied, PartitionEntry, PartitionStore, PartitionTypes,
+    RecentBatches,
 };
 use super::transfer::{self, HandOver, Resignation};
 use super::transport::Transport;
@@ -48,25 +55,43 @@ struct MachineInner {
     snapshots_built: u64,
 }
 
-/// A partition group's state machine: the high watermark. Clones share it.
+/// A partition group's state machine: the high watermark, and the log
+/// start offset. Clones share it.
 #[derive(Clone)]
 pub struct PartitionMachine {
     inner: Arc<Mutex<MachineInner>>,
     high_watermark: Arc<watch::Sender<i64>>,
+    log: Arc<Mutex<PartitionLog>>,
+    recent: RecentBatches,
 }
 
 impl PartitionMachine {
     /// Moves `high_watermark` (which the partition's readers watch) as
-    /// entries are applied; it only ever grows.
-    pub fn new(high_watermark: Arc<watch::Sender<i64>>) -> Self {
+    /// entries are applied; it only ever grows. Committed
+    /// [`PartitionEntry::LogStart`] entries move `log`'s start. `purged`:
+    /// the store's last purged entry and the membership there, where
+    /// applying starts (the purged entries are gone). `recent`: the store's
+    /// batches of unapplied entries, released as they are applied.
+    pub fn new(
+        high_watermark: Arc<watch::Sender<i64>>,
+        log: Arc<Mutex<PartitionLog>>,
+        purged: Option<(LogId<NodeId>, StoredMembership<NodeId, BasicNode>)>,
+        recent: RecentBatches,
+    ) -> Self {
+        let (last_applied, membership) = match purged {
+            Some((id, membership)) => (Some(id), membership),
+            None => (None, StoredMembership::default()),
+        };
         PartitionMachine {
             inner: Arc::new(Mutex::new(MachineInner {
-                last_applied: None,
-                membership: StoredMembership::default(),
+                last_applied,
+                membership,
                 snapshot: None,
                 snapshots_built: 0,
             })),
             high_watermark,
+            log,
+            recent,
         }
     }
 
@@ -101,6 +126,43 @@ impl RaftSnapshotBuilder<PartitionTypes> for PartitionMachine {
     }
 }
 
+impl PartitionMachine {
+    /// Applies `entries` but for moving the log start: the answers, and the
+    /// highest log start offset they ask for.
+    fn apply_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry<PartitionTypes>>,
+    ) -> (Vec<PartitionApplied>, Option<i64>) {
+        let mut log_start = None;
+        let mut answers = Vec::new();
+        let mut inner = self.inner.lock();
+        for entry in entries {
+            inner.last_applied = Some(entry.log_id);
+            match &entry.payload {
+                EntryPayload::Normal(PartitionEntry::Records { records }) => {
+                    if let Some(end) = end_offset(records) {
+                        self.high_watermark.send_if_modified(|hw| {
+                            let moved = end > *hw;
+                            *hw = (*hw).max(end);
+                            moved
+                        });
+                    }
+                }
+                EntryPayload::Normal(PartitionEntry::LogStart { offset }) => {
+                    log_start = log_start.max(Some(*offset));
+                }
+                // Stored entries are always read back as `Records`.
+                EntryPayload::Normal(PartitionEntry::Produce { .. }) | EntryPayload::Blank => {}
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                }
+            }
+            answers.push(PartitionApplied);
+        }
+        (answers, log_start)
+    }
+}
+
 impl RaftStateMachine<PartitionTypes> for PartitionMachine {
     type SnapshotBuilder = Self;
 
@@ -117,27 +179,32 @@ impl RaftStateMachine<PartitionTypes> for PartitionMachine {
         I: IntoIterator<Item = Entry<PartitionTypes>> + Send,
         I::IntoIter: Send,
     {
-        let mut inner = self.inner.lock();
-        let mut answers = Vec::new();
-        for entry in entries {
-            inner.last_applied = Some(entry.log_id);
-            match &entry.payload {
-                EntryPayload::Normal(PartitionEntry::Records { records }) => {
-                    if let Some(end) = end_offset(records) {
-                        self.high_watermark.send_if_modified(|hw| {
-                            let moved = end > *hw;
-                            *hw = (*hw).max(end);
-                            moved
-                        });
-                    }
+        let (answers, log_start) = self.apply_entries(entries);
+        if let Some(applied) = self.inner.lock().last_applied {
+            self.recent.forget_through(applied.index);
+        }
+        if let Some(offset) = log_start {
+            // Deletes segment files: off the async workers. Re-applied
+            // after a restart, where it finds the start already there.
+            let log = self.log.clone();
+            let moved = tokio::task::spawn_blocking(move || {
+                let mut log = log.lock();
+                // A replica that never received the records below (the
+                // leader sent them empty: already gone there) starts there.
+                if offset > log.log_end_offset() {
+                    log.start_at(offset)
+                } else {
+                    log.delete_records_before(offset).map(|_| ())
                 }
-                // Stored entries are always read back as `Records`.
-                EntryPayload::Normal(PartitionEntry::Produce { .. }) | EntryPayload::Blank => {}
-                EntryPayload::Membership(m) => {
-                    inner.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+            })
+            .await;
+            match moved {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, offset, "moving the log start offset failed")
                 }
+                Err(error) => tracing::warn!(%error, "moving the log start offset failed"),
             }
-            answers.push(PartitionApplied);
         }
         Ok(answers)
     }
@@ -300,9 +367,22 @@ pub struct PartitionGroup {
     resigning: std::sync::atomic::AtomicBool,
     handing_over: tokio::sync::Mutex<()>,
     election: Mutex<ElectionCheck>,
-    /// When the group started on this node.
-    started: std::time::Instant,
+    watch: Arc<LeaderWatch>,
+    /// Set while an election attempt (pre-vote, then vote) runs.
+    electing: Arc<std::sync::atomic::AtomicBool>,
+    observed: Mutex<Observed>,
+    /// openraft's leader lease (`election_timeout_max`): a follower that
+    /// heard its leader within it refuses to vote for anyone else.
+    lease: std::time::Duration,
+    /// See `GroupTimers::purge_keep_entries` and `purge_step_entries`.
+    purge_keep_entries: u64,
+    purge_step_entries: u64,
+    /// When [`maybe_purge`](Self::maybe_purge) last looked.
+    purge_checked: Mutex<std::time::Instant>,
 }
+
+/// How often a group looks whether its entry index can be purged.
+const PURGE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the node-level election driver remembers of one group.
 #[derive(Default)]
@@ -314,6 +394,210 @@ struct ElectionCheck {
     lost_a_leader: bool,
     /// When this node may start its next election of the group.
     next_try: Option<std::time::Instant>,
+}
+
+/// The driver's reading of the group's Raft metrics, refreshed only when
+/// openraft published new ones (a version check on the watch channel), so
+/// that the node-level driver looks at an idle group for next to nothing.
+struct Observed {
+    metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    leadership: Leadership,
+    vote: openraft::Vote<NodeId>,
+    /// The voters, read again only when the membership changes.
+    voters: Vec<NodeId>,
+    membership: Option<LogId<NodeId>>,
+    /// The ISR last put in the heartbeat report: the term, when, and who.
+    reported: Option<(u64, std::time::Instant, Vec<NodeId>)>,
+}
+
+impl Observed {
+    fn new(
+        mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+        node: NodeId,
+    ) -> Self {
+        let (leadership, vote, voters, membership) = {
+            let m = metrics.borrow_and_update();
+            (
+                leadership_of(&m, node),
+                m.vote,
+                m.membership_config.membership().voter_ids().collect(),
+                *m.membership_config.log_id(),
+            )
+        };
+        Observed {
+            metrics,
+            leadership,
+            vote,
+            voters,
+            membership,
+            reported: None,
+        }
+    }
+
+    fn refresh(&mut self, node: NodeId, group: GroupId) {
+        if !self.metrics.has_changed().unwrap_or(false) {
+            return;
+        }
+        let m = self.metrics.borrow_and_update();
+        let was = self.leadership;
+        self.leadership = leadership_of(&m, node);
+        self.vote = m.vote;
+        let now = self.leadership;
+        if now.is_me && (!was.is_me || was.term != now.term) {
+            tracing::info!(%group, epoch = now.term, "leading the partition");
+        } else if was.is_me && !now.is_me {
+            tracing::info!(%group, epoch = now.term, leader = ?now.leader, "no longer leading the partition");
+        }
+        if *m.membership_config.log_id() != self.membership {
+            self.membership = *m.membership_config.log_id();
+            self.voters = m.membership_config.membership().voter_ids().collect();
+        }
+    }
+}
+
+fn leadership_of(m: &openraft::RaftMetrics<NodeId, BasicNode>, node: NodeId) -> Leadership {
+    Leadership {
+        leader: m.current_leader,
+        term: m.current_term,
+        is_me: m.current_leader == Some(node) && m.state == openraft::ServerState::Leader,
+    }
+}
+
+/// How often a leader recomputes the ISR it reports while its term lasts
+/// (Metadata on nodes without a replica shows it; Kafka's ISR moves on
+/// the scale of `replica.lag.time.max.ms`).
+const ISR_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The leader a follower knows, and since when it knows it: a new leader
+/// is trusted for the transport's `dead_after` before its heartbeat report
+/// must name the group.
+#[derive(Clone, Copy)]
+struct KnownLeader {
+    node: NodeId,
+    term: u64,
+    since: std::time::Instant,
+}
+
+/// Whether a follower's leader is still there; shared by the group's
+/// election check and its answers to peers' pre-votes.
+struct LeaderWatch {
+    group: GroupId,
+    transport: Arc<Transport>,
+    known: Mutex<Option<KnownLeader>>,
+    /// The last uncommitted vote seen here (a candidacy: this node's own,
+    /// or one it granted), and since when.
+    candidacy: Mutex<Option<(u64, NodeId, std::time::Instant)>>,
+}
+
+impl LeaderWatch {
+    /// The candidate whose election is under way, as this replica's vote
+    /// says (it voted for it, or it is the candidate itself, in the current
+    /// term, and no leader came of it yet), if that started less than
+    /// [`CANDIDACY_WAIT`] ago. Meanwhile no one else should run: a second
+    /// election would only take the term from a candidate about to win.
+    fn candidate_running(
+        &self,
+        vote: &openraft::Vote<NodeId>,
+        now: std::time::Instant,
+    ) -> Option<NodeId> {
+        let voted_for = vote
+            .leader_id()
+            .voted_for()
+            .filter(|_| !vote.is_committed());
+        let mut candidacy = self.candidacy.lock();
+        let Some(candidate) = voted_for else {
+            *candidacy = None;
+            return None;
+        };
+        let term = vote.leader_id().term;
+        let since = match *candidacy {
+            Some((t, c, since)) if t == term && c == candidate => since,
+            _ => {
+                *candidacy = Some((term, candidate, now));
+                now
+            }
+        };
+        (now.duration_since(since) < CANDIDACY_WAIT).then_some(candidate)
+    }
+
+    /// Whether `leader`, which this follower knows leads the group in
+    /// `term`, is still there: its node is reachable, and its heartbeat
+    /// report names this group in `term` or later (a leader this node
+    /// learned of lately is trusted for the transport's `dead_after` before
+    /// its report must say so). A leader that restarted, or stepped down
+    /// without this node hearing of it, drops out of its report.
+    fn is_there(
+        &self,
+        leader: NodeId,
+        term: u64,
+        reachable: &(dyn Fn(NodeId) -> bool + Sync),
+        now: std::time::Instant,
+    ) -> bool {
+        if !reachable(leader) {
+            return false;
+        }
+        let dead_after = self.transport.config().dead_after;
+        let since = {
+            let mut known = self.known.lock();
+            match *known {
+                Some(k) if k.node == leader && k.term == term => k.since,
+                _ => {
+                    *known = Some(KnownLeader {
+                        node: leader,
+                        term,
+                        since: now,
+                    });
+                    now
+                }
+            }
+        };
+        now.duration_since(since) < dead_after
+            || self
+                .transport
+                .leaders()
+                .claimed_term(leader, &self.group, dead_after)
+                .is_some_and(|t| t >= term)
+    }
+}
+
+/// A partition group's answer to a peer's pre-vote: yes if the candidate's
+/// log is at least as long as this replica's, and this replica has no
+/// leader that is still there (it is not the leader itself, and its leader
+/// is gone). Raft's own vote checks the log again; this keeps a candidate
+/// that would lose from bumping the term.
+struct Voter {
+    node: NodeId,
+    raft: Raft<PartitionTypes>,
+    store: PartitionStore,
+    watch: Arc<LeaderWatch>,
+}
+
+impl PreVoteJudge for Voter {
+    fn grants(&self, candidate: NodeId, last_log_id: Option<LogId<NodeId>>) -> bool {
+        if last_log_id < self.store.last_log_id() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let (l, running) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (
+                leadership_of(&m, self.node),
+                self.watch.candidate_running(&m.vote, now),
+            )
+        };
+        if running.is_some_and(|c| c != candidate) {
+            return false;
+        }
+        let transport = self.watch.transport.clone();
+        let reachable = move |peer: NodeId| transport.is_reachable(peer);
+        match l.leader {
+            None => true,
+            Some(leader) if leader == self.node => !l.is_me,
+            Some(leader) if leader == candidate => true,
+            Some(leader) => !self.watch.is_there(leader, l.term, &reachable, now),
+        }
+    }
 }
 
 /// A pseudo-random number in `0..bound` (the retry jitter; not for keys).
@@ -332,21 +616,28 @@ fn jitter(bound: u64) -> u64 {
 /// for the leader's heartbeat before its replicas start electing.
 const LEADERLESS_GRACE: std::time::Duration = std::time::Duration::from_millis(1000);
 /// Each replica after the first in line waits this much longer before it
-/// runs, so that two rarely split the vote.
-const ELECTION_RANK_DELAY: std::time::Duration = std::time::Duration::from_millis(150);
+/// runs, so that two whose logs are equally long (both pass the pre-vote)
+/// rarely split the vote.
+const ELECTION_RANK_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long an election under way (a vote granted, or this node's own
+/// candidacy) holds off other candidates: it is won or lost well within.
+const CANDIDACY_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+/// How long a candidate waits for the pre-vote answers.
+const PRE_VOTE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// A replica whose election did not give the group a leader tries again
-/// after this long (a follower that heard the old leader lately refuses
-/// its vote for the leader lease, `election_timeout_max`), plus a random
-/// part up to `ELECTION_RETRY_JITTER_MS`: two candidates retrying in step
-/// would stay in the same term and split every vote, Raft's randomized
-/// timeout keeps them apart.
-const ELECTION_RETRY: std::time::Duration = std::time::Duration::from_millis(300);
-const ELECTION_RETRY_JITTER_MS: u64 = 300;
-/// A replica that started less than this long ago (a node that just came
-/// back, likely still catching up) lets the others run first: it waits
-/// [`LEADERLESS_GRACE`] more before each election. Its log is likely the
-/// shorter one, so its elections would only delay the one that can win.
-const FRESH_REPLICA: std::time::Duration = std::time::Duration::from_secs(5);
+/// after the leader lease (a follower that heard the old leader lately
+/// refuses its vote for that long) and this margin, plus a random part of
+/// up to the lease (at least `ELECTION_RETRY_JITTER_MIN_MS`): two
+/// candidates retrying in step would stay in the same term and split every
+/// vote, Raft's randomized timeout keeps them apart.
+const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+const ELECTION_RETRY_JITTER_MIN_MS: u64 = 100;
+/// A node that started less than this long ago (it just came back) goes
+/// after the others in an election's line. Clients may not reach it yet:
+/// librdkafka waits up to `reconnect.backoff.max.ms` (10 s) before it
+/// reconnects to a broker it lost, so a leader there would keep them
+/// waiting. With pre-vote, its turn costs nothing if it cannot win.
+const FRESH_NODE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PartitionGroup {
     /// Starts the group over `log`, registers it for peers' requests, and
@@ -360,13 +651,13 @@ impl PartitionGroup {
         preferred: Option<NodeId>,
         log: Arc<Mutex<PartitionLog>>,
         high_watermark: Arc<watch::Sender<i64>>,
-        sync: bool,
+        durability: Durability,
         timers: &GroupTimers,
         transport: Arc<Transport>,
         registry: Arc<Registry>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let store = PartitionStore::open(log, sync)
+        let store = PartitionStore::open(log.clone(), durability)
             .with_context(|| format!("opening the Raft log of partition group {id}"))?;
         let committed = store.committed_end();
         high_watermark.send_if_modified(|hw| {
@@ -374,19 +665,35 @@ impl PartitionGroup {
             *hw = (*hw).max(committed);
             moved
         });
-        let machine = PartitionMachine::new(high_watermark);
+        let machine = PartitionMachine::new(
+            high_watermark,
+            log.clone(),
+            store.purged_state(),
+            store.recent(),
+        );
         let config = timers.config(
             id,
             Config {
                 snapshot_policy: SnapshotPolicy::Never,
-                // A lone voter needs no election timeout or heartbeat: it
-                // elects itself when initialized and when it restarts
-                // (`bootstrap`). Idle, it then costs nothing. Groups with
-                // followers keep openraft's heartbeats; their elections are
-                // started by the node ([`check_election`](Self::check_election)),
-                // which knows at once when a peer's connection breaks.
-                enable_tick: voters.len() > 1,
+                // No per-group timers at all. A lone voter elects itself
+                // when initialized and when it restarts (`bootstrap`).
+                // With followers, the node's heartbeat per peer carries
+                // which groups it leads (`leaders`), the node starts
+                // elections where a leader is gone
+                // ([`check_election`](Self::check_election)), and a
+                // follower that missed entries is retried by its
+                // replication stream until it has them; commits reach
+                // followers with openraft's commit notice. So an idle
+                // group costs nothing, whatever the partition count.
+                enable_tick: false,
+                enable_heartbeat: false,
                 enable_elect: false,
+                // Entries are purged only as far as every voter holds the
+                // log ([`maybe_purge`](Self::maybe_purge)), never after a
+                // snapshot by openraft's own count: a replica too far
+                // behind would need a snapshot carrying the leader's
+                // segments, which Fjord does not build yet.
+                max_in_snapshot_log_to_keep: u64::MAX,
                 ..Config::default()
             },
         )?;
@@ -403,7 +710,26 @@ impl PartitionGroup {
         )
         .await
         .with_context(|| format!("starting partition group {id}"))?;
-        registry.insert(id, registry.service(raft.clone()));
+        let watch = Arc::new(LeaderWatch {
+            group: id,
+            transport: transport.clone(),
+            known: Mutex::new(None),
+            candidacy: Mutex::new(None),
+        });
+        let voter = Voter {
+            node,
+            raft: raft.clone(),
+            store: store.clone(),
+            watch: watch.clone(),
+        };
+        registry.insert(
+            id,
+            registry.service_with_pre_vote(raft.clone(), Arc::new(voter)),
+        );
+        let lease = std::time::Duration::from_millis(
+            timers.lease_ms.unwrap_or(timers.election_timeout_max_ms),
+        );
+        let observed = Mutex::new(Observed::new(raft.metrics(), node));
         let initializer = preferred
             .filter(|p| voters.contains_key(p))
             .or_else(|| voters.keys().next().copied());
@@ -429,7 +755,13 @@ impl PartitionGroup {
             resigning: std::sync::atomic::AtomicBool::new(false),
             handing_over: tokio::sync::Mutex::new(()),
             election: Mutex::new(ElectionCheck::default()),
-            started: std::time::Instant::now(),
+            watch,
+            electing: Arc::default(),
+            observed,
+            lease,
+            purge_keep_entries: timers.purge_keep_entries,
+            purge_step_entries: timers.purge_step_entries,
+            purge_checked: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -444,6 +776,8 @@ impl PartitionGroup {
                 leadership.leader.filter(|_| !leadership.is_me),
             ));
         }
+        self.may_write(leadership.term)
+            .map_err(ProduceError::NotLeader)?;
         let permit = self
             .uncommitted
             .clone()
@@ -471,6 +805,33 @@ impl PartitionGroup {
                 self.store.forget(token);
                 Err(ProduceError::Raft(fatal.to_string()))
             }
+        }
+    }
+
+    /// Moves the log start offset to `offset` on every replica (Kafka's
+    /// DeleteRecords, retention, the group coordinator's compaction): the
+    /// leader proposes it, and each replica applies it once committed.
+    /// Returns once it is committed and applied here. This node must lead;
+    /// `offset` must not pass the high watermark (the caller checks).
+    pub async fn advance_log_start(&self, offset: i64) -> Result<(), ProduceError> {
+        let leadership = self.leadership();
+        if !leadership.is_me || self.resigning.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ProduceError::NotLeader(
+                leadership.leader.filter(|_| !leadership.is_me),
+            ));
+        }
+        self.may_write(leadership.term)
+            .map_err(ProduceError::NotLeader)?;
+        match self
+            .raft
+            .client_write(PartitionEntry::LogStart { offset })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match e.forward_to_leader() {
+                Some(f) => ProduceError::NotLeader(f.leader_id),
+                None => ProduceError::Raft(e.to_string()),
+            }),
         }
     }
 
@@ -521,11 +882,7 @@ impl PartitionGroup {
     pub fn leadership(&self) -> Leadership {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        Leadership {
-            leader: m.current_leader,
-            term: m.current_term,
-            is_me: m.current_leader == Some(self.node) && m.state == openraft::ServerState::Leader,
-        }
+        leadership_of(&m, self.node)
     }
 
     /// The voters of the group, as its membership says.
@@ -598,69 +955,323 @@ impl PartitionGroup {
         }
     }
 
-    /// One check of the node-level election driver (`ReplicaManager::
-    /// drive_elections`; openraft's own elections are off in groups with
-    /// followers). Starts an election on this node when the group has no
-    /// leader that `reachable` says is reachable and it is this node's turn:
-    /// the reachable voters other than the old leader, by id, each wait
-    /// [`ELECTION_RANK_DELAY`] times their place in line, and a group that
-    /// never had a leader here waits [`LEADERLESS_GRACE`] first. Raft's vote
-    /// decides the rest: a candidate with a shorter log loses, and the next
-    /// in line runs. Returns whether it started an election.
-    pub async fn check_election(&self, reachable: &(dyn Fn(NodeId) -> bool + Sync)) -> bool {
-        use std::time::Instant;
-        let now = Instant::now();
-        let due = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-            let mut check = self.election.lock();
-            let led = match m.current_leader {
-                Some(l) if l == self.node => m.state == openraft::ServerState::Leader,
-                Some(l) => reachable(l),
-                None => false,
+    /// A peer that claims this group in a later term than `term`, from its
+    /// heartbeat report: this node's leadership is stale.
+    fn later_leader(&self, term: u64) -> Option<NodeId> {
+        let dead_after = self.transport.config().dead_after;
+        self.transport
+            .leaders()
+            .leader_of(&self.id, dead_after, |n| n != self.node)
+            .filter(|c| c.term > term)
+            .map(|c| c.node)
+    }
+
+    /// Whether this leader may take a write: it reaches a majority of the
+    /// voters, itself included, and no peer claims the group in a later
+    /// term. A paused, cut-off or superseded leader thus refuses at once
+    /// (NOT_LEADER_OR_FOLLOWER, with the later leader if it knows one)
+    /// instead of appending what it can never commit, which acks=1 would
+    /// otherwise acknowledge. `Err` carries the leader to name.
+    fn may_write(&self, term: u64) -> Result<(), Option<NodeId>> {
+        if let Some(later) = self.later_leader(term) {
+            return Err(Some(later));
+        }
+        if self.reaches_majority() {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+
+    /// Whether this node reaches a majority of the group's voters, itself
+    /// included (a lone voter always does).
+    pub fn reaches_majority(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let mut reached = 0;
+        let mut voters = 0;
+        for v in m.membership_config.membership().voter_ids() {
+            voters += 1;
+            if v == self.node || self.transport.is_reachable(v) {
+                reached += 1;
+            }
+        }
+        reached * 2 > voters
+    }
+
+    /// This group's line in the node's heartbeat report (see `leaders`),
+    /// if this node leads it: the term and the ISR (`lag_max` and `alive`
+    /// as for [`in_sync`](Self::in_sync)).
+    pub fn led(&self, lag_max: std::time::Duration, alive: impl Fn(NodeId) -> bool) -> Option<Led> {
+        let mut o = self.observed.lock();
+        o.refresh(self.node, self.id);
+        if !o.leadership.is_me {
+            o.reported = None;
+            return None;
+        }
+        let term = o.leadership.term;
+        let now = std::time::Instant::now();
+        let fresh = o
+            .reported
+            .as_ref()
+            .is_some_and(|(t, at, _)| *t == term && now.duration_since(*at) < ISR_REPORT_INTERVAL);
+        if !fresh {
+            let in_sync = self.in_sync(lag_max, alive)?;
+            o.reported = Some((term, now, in_sync));
+        }
+        let in_sync = o.reported.as_ref().map(|(_, _, isr)| isr.clone())?;
+        Some(Led {
+            group: self.id,
+            term,
+            in_sync,
+            purge_to: self.purge_point_as_leader(),
+        })
+    }
+
+    /// On the leader: up to which index every replica may purge its entry
+    /// index, [`purge_keep_entries`](GroupTimers::purge_keep_entries) below
+    /// the last entry that every voter holds and this node applied, rounded
+    /// down to a multiple of `purge_step_entries`; `None`
+    /// while a voter's progress is unknown (it was never reached: it may
+    /// need anything).
+    fn purge_point_as_leader(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        let replication = m.replication.as_ref()?;
+        let mut held = m.last_applied.map(|l| l.index)?;
+        for voter in m.membership_config.membership().voter_ids() {
+            if voter == self.node {
+                continue;
+            }
+            held = held.min(replication.get(&voter).copied().flatten()?.index);
+        }
+        // In whole steps, so that the heartbeat report (which carries it)
+        // does not change with every entry.
+        let step = self.purge_step_entries.max(1);
+        held.checked_sub(self.purge_keep_entries)
+            .map(|to| to - to % step)
+    }
+
+    /// Purges the entry index so that it does not grow with every produce
+    /// request a partition ever took: at most every
+    /// [`PURGE_CHECK_INTERVAL`], once
+    /// [`purge_step_entries`](GroupTimers::purge_step_entries) entries can
+    /// go. The leader decides how far (every voter holds the log past that
+    /// point: none will ever need the purged entries sent, so no snapshot
+    /// has to carry segments), and its followers follow its heartbeat
+    /// report, never past what they applied themselves. openraft purges
+    /// only below a snapshot: one is built first (it holds the high
+    /// watermark and the membership, not data).
+    pub fn maybe_purge(&self) {
+        let now = std::time::Instant::now();
+        {
+            let mut checked = self.purge_checked.lock();
+            if now.duration_since(*checked) < PURGE_CHECK_INTERVAL {
+                return;
+            }
+            *checked = now;
+        }
+        let (to, snapshot_last) = {
+            let leadership = self.leadership();
+            let to = if leadership.is_me {
+                self.purge_point_as_leader()
+            } else {
+                let dead_after = self.transport.config().dead_after;
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                let applied = m.last_applied.map(|l| l.index);
+                leadership
+                    .leader
+                    .and_then(|l| self.transport.leaders().purge_to(l, &self.id, dead_after))
+                    .zip(applied)
+                    .map(|(to, applied)| to.min(applied))
             };
-            if led || voters.len() < 2 || !voters.contains(&self.node) {
+            let metrics = self.raft.metrics();
+            let snapshot_last = metrics.borrow().snapshot.map(|l| l.index);
+            (to, snapshot_last)
+        };
+        let Some(to) = to else {
+            return;
+        };
+        if to < self.store.purged_index() + self.purge_step_entries {
+            return;
+        }
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            if snapshot_last.is_none_or(|s| s < to) {
+                let _ = raft.trigger().snapshot().await;
+            } else {
+                let _ = raft.trigger().purge_log(to).await;
+            }
+        });
+    }
+
+    /// One check of the node-level election driver (`ReplicaManager::
+    /// drive_elections`; openraft's own elections are off). Starts an
+    /// election on this node when the group has no leader that is still
+    /// there ([`leader_is_there`](Self::leader_is_there)) and it is this
+    /// node's turn: the reachable voters other than the old leader, by id,
+    /// each wait [`ELECTION_RANK_DELAY`] times their place in line, a group
+    /// that never had a leader here waits [`LEADERLESS_GRACE`] first, and
+    /// the first try waits until the other followers' leader lease has
+    /// passed since the leader was last heard (they would refuse the vote
+    /// before). Raft's vote decides the rest: a candidate with a shorter log
+    /// loses, and the next in line runs. A leader that sees a peer claim
+    /// the group in a later term sends its followers an empty append, whose
+    /// answer makes it step down. Returns whether it started an election.
+    pub fn check_election(self: &Arc<Self>, reachable: &(dyn Fn(NodeId) -> bool + Sync)) -> bool {
+        use std::time::{Duration, Instant};
+        let now = Instant::now();
+        enum Act {
+            Nothing,
+            Elect,
+            StepDown,
+        }
+        let act = {
+            let mut o = self.observed.lock();
+            o.refresh(self.node, self.id);
+            let Leadership {
+                leader: current_leader,
+                term: current_term,
+                is_me,
+            } = o.leadership;
+            let running = self.watch.candidate_running(&o.vote, now);
+            let voters = &o.voters;
+            let mut check = self.election.lock();
+            if !voters.contains(&self.node) || voters.len() < 2 {
                 *check = ElectionCheck::default();
                 return false;
             }
-            if m.current_leader.is_some() {
-                check.lost_a_leader = true;
-            }
-            let since = *check.leaderless_since.get_or_insert(now);
-            let mut line: Vec<NodeId> = voters
-                .iter()
-                .copied()
-                .filter(|&v| Some(v) != m.current_leader && (v == self.node || reachable(v)))
-                .collect();
-            line.sort_unstable();
-            let rank = line.iter().position(|&v| v == self.node).unwrap_or(0) as u32;
-            let fresh = now.duration_since(self.started) < FRESH_REPLICA;
-            let mut wait = ELECTION_RANK_DELAY * rank;
-            if !check.lost_a_leader || fresh {
-                wait += LEADERLESS_GRACE;
-            }
-            let due =
-                now.duration_since(since) >= wait && check.next_try.is_none_or(|at| now >= at);
-            if due {
-                let backoff = if fresh {
-                    LEADERLESS_GRACE
+            let led = match current_leader {
+                Some(l) if l == self.node => is_me,
+                Some(l) => self.watch.is_there(l, current_term, reachable, now),
+                None => false,
+            };
+            if led {
+                let stale = is_me
+                    && self.later_leader(current_term).is_some()
+                    && check.next_try.is_none_or(|at| now >= at);
+                if stale {
+                    check.next_try = Some(now + self.lease);
+                    Act::StepDown
                 } else {
-                    std::time::Duration::ZERO
+                    if check.leaderless_since.is_some() {
+                        *check = ElectionCheck::default();
+                    }
+                    Act::Nothing
+                }
+            } else if running.is_some_and(|c| c != self.node) {
+                // Another's election is under way and this node voted for
+                // it: let it finish.
+                Act::Nothing
+            } else {
+                if current_leader.is_some() {
+                    check.lost_a_leader = true;
+                }
+                let since = *check.leaderless_since.get_or_insert(now);
+                // The line: the reachable voters but the old leader, those
+                // up for a while first, then by id.
+                let leaders = self.transport.leaders();
+                let fresh = |v: NodeId| {
+                    let uptime = leaders.uptime((v != self.node).then_some(v));
+                    uptime.is_some_and(|u| u < FRESH_NODE)
                 };
-                check.next_try = Some(
-                    now + ELECTION_RETRY
-                        + backoff
-                        + std::time::Duration::from_millis(jitter(ELECTION_RETRY_JITTER_MS)),
-                );
+                let mut line: Vec<(bool, NodeId)> = voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| Some(v) != current_leader && (v == self.node || reachable(v)))
+                    .map(|v| (fresh(v), v))
+                    .collect();
+                line.sort_unstable();
+                let rank = line.iter().position(|&(_, v)| v == self.node).unwrap_or(0) as u32;
+                let mut wait = ELECTION_RANK_DELAY * rank;
+                if !check.lost_a_leader {
+                    wait += LEADERLESS_GRACE;
+                }
+                // A leader whose node went away: the others heard it until
+                // then and refuse votes for the lease after that, so the
+                // line starts when the lease ends, each in turn after it.
+                let lease_end = current_leader
+                    .filter(|&l| !reachable(l))
+                    .and_then(|l| self.transport.liveness().last_heard(l))
+                    .map(|heard| heard + self.lease + LEASE_MARGIN);
+                let start = lease_end.map_or(since, |end| end.max(since));
+                let due = now >= start + wait && check.next_try.is_none_or(|at| now >= at);
+                if due {
+                    let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+                    check.next_try = Some(
+                        now + self.lease
+                            + LEASE_MARGIN
+                            + Duration::from_millis(jitter(
+                                lease_ms.max(ELECTION_RETRY_JITTER_MIN_MS),
+                            )),
+                    );
+                    Act::Elect
+                } else {
+                    Act::Nothing
+                }
             }
-            due
         };
-        if due {
-            tracing::debug!(group = %self.id, "starting an election: no reachable leader");
-            let _ = self.raft.trigger().elect().await;
+        use std::sync::atomic::Ordering;
+        match act {
+            Act::Nothing => false,
+            // One attempt at a time per group, each on its own task: the
+            // driver goes on with the other groups meanwhile.
+            Act::Elect if self.electing.swap(true, Ordering::AcqRel) => false,
+            Act::Elect => {
+                let group = self.clone();
+                tokio::spawn(async move {
+                    group.try_to_lead().await;
+                    group.electing.store(false, Ordering::Release);
+                });
+                true
+            }
+            Act::StepDown => {
+                tracing::debug!(group = %self.id, "a peer leads in a later term: stepping down");
+                let raft = self.raft.clone();
+                tokio::spawn(async move {
+                    let _ = raft.trigger().heartbeat().await;
+                });
+                false
+            }
         }
-        due
+    }
+
+    /// One election attempt: Raft's pre-vote first (the reachable voters
+    /// say whether they would vote for this node, within
+    /// [`PRE_VOTE_WAIT`]), then, with a majority, the real election.
+    async fn try_to_lead(&self) {
+        let voters = self.observed.lock().voters.clone();
+        let last_log_id = self.store.last_log_id();
+        let asks = voters
+            .iter()
+            .copied()
+            .filter(|&v| v != self.node && self.transport.is_reachable(v))
+            .map(|v| {
+                tokio::time::timeout(
+                    PRE_VOTE_WAIT,
+                    pre_vote::<PartitionTypes>(&self.transport, self.id, v, last_log_id),
+                )
+            });
+        let granted = 1 + futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|answer| matches!(answer, Ok(Ok(true))))
+            .count();
+        if granted * 2 <= voters.len() {
+            tracing::debug!(group = %self.id, granted, "pre-vote lost: not starting an election");
+            return;
+        }
+        tracing::debug!(group = %self.id, granted, "starting an election: no leader is there");
+        let _ = self.raft.trigger().elect().await;
+    }
+
+    /// The index of the last entry purged from the entry index (0: none).
+    pub fn purged_index(&self) -> u64 {
+        self.store.purged_index()
     }
 
     /// Kafka's OffsetForLeaderEpoch from this replica's epoch map.

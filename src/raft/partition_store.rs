@@ -13,8 +13,9 @@
 //!   only in the entry index.
 //! - `raft-index` in the partition directory: one CRC-framed record per
 //!   entry (its log id and either the offset range of its batches or the
-//!   blank/membership payload), 40-odd bytes per batch. A rewrite after a
-//!   purge starts with a `Purged` record. `raft-vote` (synced) and
+//!   blank/membership payload), 40-odd bytes per batch. A purge appends a
+//!   `PurgedUpTo` record (what the purged entries leave behind), and every
+//!   megabyte of purged entries or so rewrites the file starting with one. `raft-vote` (synced) and
 //!   `raft-committed` (a hint) sit next to it.
 //!
 //! Recovery: the index and the segments are two files, written batches
@@ -23,7 +24,7 @@
 //! indexed entry are truncated, and indexed entries whose batches are gone
 //! are dropped (with everything after them).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
@@ -34,7 +35,7 @@ use bytes::Bytes;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, LogState, Membership, RaftLogReader, StorageError,
-    StorageIOError, Vote,
+    StorageIOError, StoredMembership, Vote,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,7 @@ use super::entry_log::{
 use super::types::NodeId;
 use crate::log::batch::Batches;
 use crate::log::file_cache::{CachedFile, OpenMode};
+use crate::log::FlushScope;
 use crate::log::{AppendError, AppendInfo, PartitionLog, Validated};
 
 /// What a partition group's entries carry.
@@ -67,6 +69,11 @@ pub enum PartitionEntry {
     },
     /// Batches with offsets assigned, as every replica stores them.
     Records { records: Bytes },
+    /// Moves the log start offset to `offset` on every replica once
+    /// committed (DeleteRecords, retention, the group coordinator's
+    /// compaction), so that all replicas keep the same records. Takes no
+    /// Kafka offsets, like Raft's own entries.
+    LogStart { offset: i64 },
 }
 
 impl Default for PartitionEntry {
@@ -96,6 +103,8 @@ enum Kind {
         membership: Membership<NodeId, BasicNode>,
         at: i64,
     },
+    /// A [`PartitionEntry::LogStart`] moving the log start to `start`.
+    LogStart { at: i64, start: i64 },
 }
 
 impl Kind {
@@ -103,7 +112,7 @@ impl Kind {
     fn start(&self) -> i64 {
         match self {
             Kind::Records { first, .. } => *first,
-            Kind::Blank { at } | Kind::Membership { at, .. } => *at,
+            Kind::Blank { at } | Kind::Membership { at, .. } | Kind::LogStart { at, .. } => *at,
         }
     }
 }
@@ -113,8 +122,21 @@ pub type AppendOutcome = Result<AppendInfo, AppendError>;
 
 #[derive(Serialize, Deserialize)]
 enum IndexRecord {
+    /// An index rewritten by a purge before the fields of `PurgedUpTo`
+    /// (read, never written).
     Purged(LogId<NodeId>),
     Entry(LogId<NodeId>, Kind),
+    /// First in an index rewritten by a purge: what the purged entries
+    /// leave behind.
+    PurgedUpTo {
+        log_id: LogId<NodeId>,
+        /// The last membership among the purged entries (or before them):
+        /// the group's voters, which no remaining entry may name.
+        membership: Option<(LogId<NodeId>, Membership<NodeId, BasicNode>)>,
+        /// Where each epoch starts, for the epochs that start below the
+        /// first entry kept (OffsetForLeaderEpoch answers for them).
+        epochs: Vec<(i32, i64)>,
+    },
 }
 
 struct Indexed {
@@ -133,16 +155,119 @@ struct Inner {
     index_end: u64,
     entries: BTreeMap<u64, Indexed>,
     last_purged: Option<LogId<NodeId>>,
+    /// Where the latest `PurgedUpTo` record sits in `raft-index`.
+    marker_at: Option<u64>,
+    /// What the purged entries left behind (see [`IndexRecord::PurgedUpTo`]).
+    purged_membership: Option<(LogId<NodeId>, Membership<NodeId, BasicNode>)>,
+    purged_epochs: BTreeMap<i32, i64>,
     votes: VoteFiles,
-    /// Sync the segments and the index before an append counts as flushed
-    /// (`--fsync always`); otherwise they are flushed on the interval.
-    sync: bool,
+    durability: Durability,
+    /// Flushed callbacks of appends written but not yet synced, and whether
+    /// a sync pass is running (`Durability::Always`).
+    unsynced: Vec<LogFlushed<PartitionTypes>>,
+    syncing: bool,
     /// Producers waiting for their `Produce` entry's append, by token.
     waiters: HashMap<u64, oneshot::Sender<AppendOutcome>>,
     next_token: u64,
     /// Where each leader epoch (term) starts, like Kafka's
     /// leader-epoch-checkpoint: start offsets strictly increase.
     epochs: BTreeMap<i32, i64>,
+    recent: RecentBatches,
+}
+
+/// The batches of the entries appended but not yet applied, as written: the
+/// state machine and the replication streams read the entries right behind
+/// the append, and serving them from here spares a segment lookup and a read
+/// per entry. At most [`RECENT_BYTES_MAX`] per partition; what does not fit
+/// is read from the segments, as is everything once applied. Clones share it.
+#[derive(Clone, Default)]
+pub struct RecentBatches(Arc<Mutex<Recent>>);
+
+#[derive(Default)]
+struct Recent {
+    /// By entry index, ascending.
+    entries: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+/// A bound on [`RecentBatches`] per partition.
+pub const RECENT_BYTES_MAX: usize = 4 << 20;
+
+impl RecentBatches {
+    fn push(&self, index: u64, batches: Bytes) {
+        let mut recent = self.0.lock();
+        if batches.is_empty() || recent.bytes + batches.len() > RECENT_BYTES_MAX {
+            return;
+        }
+        if recent
+            .entries
+            .back()
+            .is_some_and(|(last, _)| *last >= index)
+        {
+            // Not behind the last one: the entries were cut and replaced.
+            recent.entries.clear();
+            recent.bytes = 0;
+        }
+        recent.bytes += batches.len();
+        recent.entries.push_back((index, batches));
+    }
+
+    fn get(&self, index: u64) -> Option<Bytes> {
+        let recent = self.0.lock();
+        let at = recent
+            .entries
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()?;
+        recent.entries.get(at).map(|(_, b)| b.clone())
+    }
+
+    /// Drops the entries at `index` and above (truncated).
+    fn forget_from(&self, index: u64) {
+        let mut recent = self.0.lock();
+        while recent.entries.back().is_some_and(|(i, _)| *i >= index) {
+            if let Some((_, b)) = recent.entries.pop_back() {
+                recent.bytes -= b.len();
+            }
+        }
+    }
+
+    /// Drops the entries up to `index` (applied, or purged).
+    pub fn forget_through(&self, index: u64) {
+        let mut recent = self.0.lock();
+        while recent.entries.front().is_some_and(|(i, _)| *i <= index) {
+            if let Some((_, b)) = recent.entries.pop_front() {
+                recent.bytes -= b.len();
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.0.lock().bytes
+    }
+}
+
+/// When an append counts as flushed (Raft counts the leader's own copy
+/// towards the majority only then).
+#[derive(Clone)]
+pub enum Durability {
+    /// At once: the broker fsyncs on `log.flush.interval.ms`, like Kafka.
+    Interval,
+    /// Once the segments' data and the entry index are fsynced (`--fsync
+    /// always`). Appends that arrive while a sync runs share the next one
+    /// (a group commit). `flush_lock`: held by whoever captures the
+    /// partition's unsynced files through their fsync, so that no capture
+    /// finds a file clean whose sync has not finished.
+    Always { flush_lock: Arc<Mutex<()>> },
+}
+
+impl Durability {
+    /// `Always`, with a lock of its own.
+    pub fn always() -> Self {
+        Durability::Always {
+            flush_lock: Arc::default(),
+        }
+    }
 }
 
 /// The Raft log of one partition group over its `PartitionLog`. Clones
@@ -153,13 +278,21 @@ pub struct PartitionStore {
 }
 
 const INDEX_FILE: &str = "raft-index";
+/// A purge rewrites `raft-index` without the purged entries once they take
+/// this much of it; below, it appends a record that drops them from memory
+/// (and from the next open), so the memory follows the purge at once and
+/// the file, synced and renamed, is rewritten rarely.
+const INDEX_REWRITE_BYTES: u64 = 1 << 20;
 const VOTE_FILE: &str = "raft-vote";
 const COMMITTED_FILE: &str = "raft-committed";
 
 impl PartitionStore {
     /// Opens the Raft log of the partition whose log is `log`, recovering
     /// the index and the segments to a common end.
-    pub fn open(log: Arc<Mutex<PartitionLog>>, sync: bool) -> std::io::Result<PartitionStore> {
+    pub fn open(
+        log: Arc<Mutex<PartitionLog>>,
+        durability: Durability,
+    ) -> std::io::Result<PartitionStore> {
         let dir = log.lock().dir().to_path_buf();
         let path = dir.join(INDEX_FILE);
         let mut bytes = match std::fs::read(&path) {
@@ -176,9 +309,29 @@ impl PartitionStore {
         bytes.clear();
         let mut entries = BTreeMap::new();
         let mut last_purged = None;
+        let mut marker_at = None;
+        let mut purged_membership = None;
+        let mut purged_epochs = BTreeMap::new();
         for (position, record) in records {
             match record {
-                IndexRecord::Purged(id) => last_purged = Some(id),
+                IndexRecord::Purged(id) => {
+                    entries = entries.split_off(&(id.index + 1));
+                    last_purged = Some(id);
+                    marker_at = Some(position);
+                }
+                // First in a rewritten index, or appended after the entries
+                // it purges (which a later rewrite drops from the file).
+                IndexRecord::PurgedUpTo {
+                    log_id,
+                    membership,
+                    epochs,
+                } => {
+                    entries = entries.split_off(&(log_id.index + 1));
+                    last_purged = Some(log_id);
+                    purged_membership = membership;
+                    purged_epochs = epochs.into_iter().collect();
+                    marker_at = Some(position);
+                }
                 IndexRecord::Entry(log_id, kind) => {
                     entries.insert(
                         log_id.index,
@@ -199,16 +352,105 @@ impl PartitionStore {
             index_end: good,
             entries,
             last_purged,
-            sync,
+            marker_at,
+            purged_membership,
+            purged_epochs,
+            durability,
+            unsynced: Vec::new(),
+            syncing: false,
             waiters: HashMap::new(),
             next_token: 0,
             epochs: BTreeMap::new(),
+            recent: RecentBatches::default(),
         };
         inner.recover()?;
         inner.rebuild_epochs();
         Ok(PartitionStore {
             inner: Arc::new(Mutex::new(inner)),
         })
+    }
+
+    /// The id of the last entry this replica holds (what Raft's vote
+    /// compares: a candidate must hold at least as much).
+    pub fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        let inner = self.inner.lock();
+        inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged)
+    }
+
+    /// The last purged entry's id and the membership in effect there: where
+    /// the state machine starts after a restart (the purged entries cannot
+    /// be applied again).
+    pub fn purged_state(&self) -> Option<(LogId<NodeId>, StoredMembership<NodeId, BasicNode>)> {
+        let inner = self.inner.lock();
+        let id = inner.last_purged?;
+        let membership = match &inner.purged_membership {
+            Some((at, m)) => StoredMembership::new(Some(*at), m.clone()),
+            None => StoredMembership::default(),
+        };
+        Some((id, membership))
+    }
+
+    /// Syncs the segments and the index for the appends waiting on it, pass
+    /// after pass until none waits, and tells each waiter. Blocking. A
+    /// failed sync takes the log offline (the data may not be on disk);
+    /// the waiters get the error, which stops the group.
+    fn sync_unsynced(&self, flush_lock: &Mutex<()>) {
+        loop {
+            let waiting = {
+                let mut inner = self.inner.lock();
+                if inner.unsynced.is_empty() {
+                    inner.syncing = false;
+                    return;
+                }
+                std::mem::take(&mut inner.unsynced)
+            };
+            let result = {
+                let _flushing = flush_lock.lock();
+                let captured = {
+                    let inner = self.inner.lock();
+                    let captured = inner.log.lock().take_unflushed(FlushScope::Data);
+                    captured.map(|mut pending| {
+                        pending.capture(&inner.index);
+                        pending
+                    })
+                };
+                captured.and_then(|pending| pending.sync())
+            };
+            if let Err(error) = &result {
+                tracing::error!(%error, "syncing a partition's appends failed");
+                let log = self.inner.lock().log.clone();
+                log.lock().mark_offline();
+            }
+            for callback in waiting {
+                callback.log_io_completed(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.to_string())),
+                );
+            }
+        }
+    }
+
+    /// The batches of the entries not yet applied, for the state machine to
+    /// release as it applies them.
+    pub fn recent(&self) -> RecentBatches {
+        self.inner.lock().recent.clone()
+    }
+
+    /// The index of the last purged entry (0 if none).
+    pub fn purged_index(&self) -> u64 {
+        self.inner.lock().last_purged.map_or(0, |l| l.index)
+    }
+
+    /// How many entries the index holds now.
+    pub fn entry_count(&self) -> usize {
+        self.inner.lock().entries.len()
     }
 
     /// A token for a `Produce` entry, and the outcome of its append when
@@ -315,10 +557,11 @@ fn epoch_of(log_id: &LogId<NodeId>) -> i32 {
 }
 
 impl Inner {
-    /// The epoch map from the index. Batches below the first indexed entry
-    /// were written before the partition had a Raft group, in epoch 0.
+    /// The epoch map from the index: what a purge left, then the entries.
+    /// Without a purge, batches below the first indexed entry were written
+    /// before the partition had a Raft group, in epoch 0.
     fn rebuild_epochs(&mut self) {
-        self.epochs.clear();
+        self.epochs = self.purged_epochs.clone();
         let (log_start, log_end) = {
             let log = self.log.lock();
             (log.log_start_offset(), log.log_end_offset())
@@ -328,7 +571,7 @@ impl Inner {
             .values()
             .next()
             .map_or(log_end, |e| e.kind.start());
-        if log_start < first_indexed {
+        if self.epochs.is_empty() && log_start < first_indexed {
             self.epochs.insert(0, log_start);
         }
         for e in self.entries.values() {
@@ -371,9 +614,32 @@ impl Inner {
         };
         let file = self.index.get()?;
         file.set_len(position)?;
-        file.sync_all()?;
         self.index_end = position;
         self.entries.split_off(&index);
+        if self.marker_at.is_some_and(|at| at >= position) {
+            // The purge record sat behind the entries cut: written again.
+            self.append_marker()?;
+        }
+        file.sync_all()?;
+        Ok(())
+    }
+
+    /// Appends a `PurgedUpTo` record of the purge state now.
+    fn append_marker(&mut self) -> std::io::Result<()> {
+        let Some(log_id) = self.last_purged else {
+            return Ok(());
+        };
+        let record = encode_record(&IndexRecord::PurgedUpTo {
+            log_id,
+            membership: self.purged_membership.clone(),
+            epochs: self.purged_epochs.iter().map(|(&e, &s)| (e, s)).collect(),
+        })?;
+        self.index.get()?.write_all_at(&record, self.index_end)?;
+        if matches!(self.durability, Durability::Always { .. }) {
+            self.index.mark_dirty();
+        }
+        self.marker_at = Some(self.index_end);
+        self.index_end += record.len() as u64;
         Ok(())
     }
 
@@ -389,6 +655,10 @@ impl Inner {
                 let kind = match entry.payload {
                     EntryPayload::Blank => Kind::Blank { at },
                     EntryPayload::Membership(membership) => Kind::Membership { membership, at },
+                    // Applied when committed (the state machine), not here.
+                    EntryPayload::Normal(PartitionEntry::LogStart { offset }) => {
+                        Kind::LogStart { at, start: offset }
+                    }
                     EntryPayload::Normal(PartitionEntry::Produce {
                         records,
                         checked,
@@ -409,6 +679,9 @@ impl Inner {
                         }
                         let end = log.log_end_offset();
                         let bytes = outcome.as_ref().map_or(0, |i| i.size_bytes as u64);
+                        if let Ok(info) = &outcome {
+                            self.recent.push(entry.log_id.index, info.written.clone());
+                        }
                         if let Some(waiter) = self.waiters.remove(&token) {
                             let _ = waiter.send(outcome);
                         }
@@ -439,6 +712,7 @@ impl Inner {
                                         entry.log_id.index
                                     ))
                                 })?;
+                            self.recent.push(entry.log_id.index, records.clone());
                         }
                         Kind::Records {
                             first,
@@ -455,14 +729,13 @@ impl Inner {
                 });
                 buf.extend(record);
             }
-            if self.sync {
-                log.flush().map_err(io_error)?;
-            }
         }
         let file = self.index.get()?;
         file.write_all_at(&buf, self.index_end)?;
-        if self.sync {
-            file.sync_data()?;
+        if matches!(self.durability, Durability::Always { .. }) {
+            // For the sync pass's capture (and for the descriptor cache,
+            // which syncs a dirty file before closing it).
+            self.index.mark_dirty();
         }
         self.index_end += buf.len() as u64;
         for e in placed {
@@ -473,6 +746,7 @@ impl Inner {
 
     /// Removes every entry at `index` and above, and their batches.
     fn truncate(&mut self, index: u64) -> std::io::Result<()> {
+        self.recent.forget_from(index);
         let first_offset = self.entries.range(index..).find_map(|(_, e)| match e.kind {
             Kind::Records { first, .. } => Some(first),
             _ => None,
@@ -496,10 +770,44 @@ impl Inner {
     }
 
     /// Forgets every entry up to `log_id` (their batches stay: retention
-    /// owns the segments) and rewrites the index without them.
+    /// owns the segments), keeping what they leave behind: the membership
+    /// they last set and the start of the epochs below the first entry
+    /// kept. The index file gets a record of it, or is rewritten without
+    /// them once they take [`INDEX_REWRITE_BYTES`] of it.
     fn purge(&mut self, log_id: LogId<NodeId>) -> std::io::Result<()> {
+        self.recent.forget_through(log_id.index);
         let kept = self.entries.split_off(&(log_id.index + 1));
-        let mut buf = encode_record(&IndexRecord::Purged(log_id))?;
+        let purged = std::mem::take(&mut self.entries);
+        let membership = purged
+            .values()
+            .rev()
+            .find_map(|e| match &e.kind {
+                Kind::Membership { membership, .. } => Some((e.log_id, membership.clone())),
+                _ => None,
+            })
+            .or_else(|| self.purged_membership.clone());
+        let first_kept = kept.values().next().map(|e| e.kind.start());
+        let epochs: BTreeMap<i32, i64> = self
+            .epochs
+            .iter()
+            .filter(|(_, &start)| first_kept.is_none_or(|first| start < first))
+            .map(|(&e, &s)| (e, s))
+            .collect();
+        self.last_purged = Some(log_id);
+        self.purged_membership = membership.clone();
+        self.purged_epochs = epochs.clone();
+        let dead = kept.values().next().map_or(self.index_end, |e| e.position);
+        if dead < INDEX_REWRITE_BYTES {
+            // Cheap and frequent: a record saying so, after the entries it
+            // drops. Losing it in a crash only brings them back.
+            self.entries = kept;
+            return self.append_marker();
+        }
+        let mut buf = encode_record(&IndexRecord::PurgedUpTo {
+            log_id,
+            membership,
+            epochs: epochs.iter().map(|(&e, &s)| (e, s)).collect(),
+        })?;
         let mut entries = BTreeMap::new();
         for (index, e) in kept {
             let position = buf.len() as u64;
@@ -514,7 +822,7 @@ impl Inner {
         self.index = CachedFile::open(&path, OpenMode::Create)?;
         self.index_end = buf.len() as u64;
         self.entries = entries;
-        self.last_purged = Some(log_id);
+        self.marker_at = Some(0);
         Ok(())
     }
 
@@ -523,6 +831,9 @@ impl Inner {
         let payload = match &e.kind {
             Kind::Blank { .. } => EntryPayload::Blank,
             Kind::Membership { membership, .. } => EntryPayload::Membership(membership.clone()),
+            Kind::LogStart { start, .. } => {
+                EntryPayload::Normal(PartitionEntry::LogStart { offset: *start })
+            }
             Kind::Records { first, end, bytes } => {
                 let log_start = self.log.lock().log_start_offset();
                 // Batches wholly or partly below the log start are gone
@@ -531,6 +842,8 @@ impl Inner {
                 // batch it receives.
                 let records = if first == end || *first < log_start {
                     Bytes::new()
+                } else if let Some(batches) = self.recent.get(e.log_id.index) {
+                    batches
                 } else {
                     let info = self
                         .log
@@ -576,16 +889,10 @@ impl RaftLogStorage<PartitionTypes> for PartitionStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<PartitionTypes>, StorageError<NodeId>> {
-        let inner = self.inner.lock();
-        let last = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id)
-            .or(inner.last_purged);
+        let last_log_id = self.last_log_id();
         Ok(LogState {
-            last_purged_log_id: inner.last_purged,
-            last_log_id: last,
+            last_purged_log_id: self.inner.lock().last_purged,
+            last_log_id,
         })
     }
 
@@ -622,8 +929,29 @@ impl RaftLogStorage<PartitionTypes> for PartitionStore {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let result = self.inner.lock().append(entries);
-        appended(callback, result)
+        let mut inner = self.inner.lock();
+        let result = inner.append(entries);
+        let Durability::Always { flush_lock } = &inner.durability else {
+            drop(inner);
+            return appended(callback, result);
+        };
+        if let Err(e) = result {
+            drop(inner);
+            return appended(callback, Err(e));
+        }
+        let flush_lock = flush_lock.clone();
+        inner.unsynced.push(callback);
+        if std::mem::replace(&mut inner.syncing, true) {
+            return Ok(()); // the running pass picks it up
+        }
+        drop(inner);
+        let store = self.clone();
+        let pass = move || store.sync_unsynced(&flush_lock);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(pass)),
+            Err(_) => drop(std::thread::spawn(pass)),
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

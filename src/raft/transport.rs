@@ -33,10 +33,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use super::leaders::{LeaderReport, Leaders, Sent};
 use super::types::{GroupId, NodeId};
 
 /// Bumped when `Frame` changes incompatibly; a peer on another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Limits and timers of the transport.
 #[derive(Clone, Debug)]
@@ -90,7 +91,11 @@ enum Frame {
     Refused {
         reason: String,
     },
-    Heartbeat,
+    /// Sent every `heartbeat_interval` both ways; the caller's carries its
+    /// report of the groups it leads (see `leaders`).
+    Heartbeat {
+        leaders: Option<LeaderReport>,
+    },
     Request {
         id: u64,
         group: GroupId,
@@ -136,6 +141,11 @@ pub struct Liveness {
 impl Liveness {
     fn heard(&self, peer: NodeId) {
         self.last_heard.lock().insert(peer, Instant::now());
+    }
+
+    /// When `peer` was last heard from.
+    pub fn last_heard(&self, peer: NodeId) -> Option<Instant> {
+        self.last_heard.lock().get(&peer).copied()
     }
 
     /// Whether `peer` was heard from within `dead_after`.
@@ -245,6 +255,10 @@ pub struct Transport {
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     next_id: AtomicU64,
     liveness: Arc<Liveness>,
+    /// Which groups each node leads, from the heartbeats.
+    leaders: Arc<Leaders>,
+    /// When this node's transport started (the node's start, near enough).
+    started: Instant,
     shutdown: watch::Receiver<bool>,
     /// Peer connections that passed the handshake, since start.
     accepted: AtomicU64,
@@ -259,6 +273,8 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             liveness: Arc::new(Liveness::default()),
+            leaders: Arc::new(Leaders::default()),
+            started: Instant::now(),
             shutdown,
             accepted: AtomicU64::new(0),
             cluster_id: parking_lot::RwLock::new(config.cluster_id.clone()),
@@ -288,6 +304,16 @@ impl Transport {
 
     pub fn liveness(&self) -> &Liveness {
         &self.liveness
+    }
+
+    /// When this node's transport started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// This node's leader report and its peers'.
+    pub fn leaders(&self) -> &Leaders {
+        &self.leaders
     }
 
     /// Whether `peer` was heard from recently (see `TransportConfig::dead_after`).
@@ -481,7 +507,7 @@ impl Transport {
                         Some(frame) => frame,
                         None => return,
                     },
-                    _ = heartbeat.tick() => Frame::Heartbeat,
+                    _ = heartbeat.tick() => Frame::Heartbeat { leaders: None },
                 };
                 if write_frame(&mut writer, &frame, limit).await.is_err() {
                     return;
@@ -497,7 +523,12 @@ impl Transport {
                 _ = stopped(&mut shutdown) => break,
             };
             match frame {
-                Ok(Some(Frame::Heartbeat)) => self.liveness.heard(peer),
+                Ok(Some(Frame::Heartbeat { leaders })) => {
+                    self.liveness.heard(peer);
+                    if let Some(report) = leaders {
+                        self.leaders.incoming(peer, report);
+                    }
+                }
                 Ok(Some(Frame::Request { id, group, body })) => {
                     self.liveness.heard(peer);
                     // Full: stop reading until a request finishes (backpressure).
@@ -641,19 +672,22 @@ async fn run_connection(
                         let _ = waiter.send(result);
                     }
                 }
-                Ok(Some(Frame::Heartbeat)) => liveness.heard(peer_id),
+                Ok(Some(Frame::Heartbeat { .. })) => liveness.heard(peer_id),
                 _ => return,
             }
         }
     });
     let mut heartbeat = heartbeat_timer(&transport.config);
+    let mut sent = Sent::default();
     loop {
         let frame = tokio::select! {
             frame = queue.recv() => match frame {
                 Some(frame) => frame,
                 None => break,
             },
-            _ = heartbeat.tick() => Frame::Heartbeat,
+            _ = heartbeat.tick() => Frame::Heartbeat {
+                leaders: Some(transport.leaders.outgoing(&mut sent)),
+            },
             _ = &mut read_task => break,
             _ = stopped(shutdown) => break,
         };

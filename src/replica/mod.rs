@@ -50,6 +50,7 @@ use crate::log::{
 use crate::raft::group::GroupTimers;
 use crate::raft::network::Registry;
 use crate::raft::partition_group::{Leadership, PartitionGroup, ProduceError};
+use crate::raft::partition_store::Durability;
 use crate::raft::transfer::{HandOver, Resignation};
 use crate::raft::transport::Transport;
 use crate::raft::types::BasicNode;
@@ -163,7 +164,8 @@ pub struct Partition {
     /// runs outside it); replaced together with the log's by `set_config`.
     config: RwLock<Arc<LogConfig>>,
     /// Held while a captured flush is synced; never taken inside `log`.
-    flush: Mutex<()>,
+    /// Shared with the Raft store, which syncs appends under `--fsync always`.
+    flush: Arc<Mutex<()>>,
     /// Moved by the group's state machine (the commit point).
     high_watermark: Arc<watch::Sender<i64>>,
     /// The running group (replaced when an offline log is reopened).
@@ -194,7 +196,7 @@ impl Partition {
             topic_id,
             log: Arc::new(Mutex::new(log)),
             config,
-            flush: Mutex::new(()),
+            flush: Arc::default(),
             high_watermark: Arc::new(watch::Sender::new(start)),
             group: RwLock::new(None),
             voters,
@@ -227,7 +229,13 @@ impl Partition {
             self.voters.preferred,
             self.log.clone(),
             self.high_watermark.clone(),
-            self.sync,
+            if self.sync {
+                Durability::Always {
+                    flush_lock: self.flush.clone(),
+                }
+            } else {
+                Durability::Interval
+            },
             &c.timers,
             c.transport.clone(),
             c.registry.clone(),
@@ -388,6 +396,30 @@ impl Partition {
         committed.map_err(|e| not_appended(&e.to_string()))?
     }
 
+    /// Moves the log start offset to `offset` on every replica, through the
+    /// partition's group (this node must lead; `offset` at most the high
+    /// watermark), within `wait`; the log start here once applied.
+    pub async fn advance_log_start(
+        &self,
+        offset: i64,
+        wait: Duration,
+    ) -> Result<i64, ProduceError> {
+        let group = self
+            .group()
+            .ok_or_else(|| ProduceError::Raft("the partition has no Raft group".to_string()))?;
+        tokio::time::timeout(wait, group.advance_log_start(offset))
+            .await
+            .map_err(|_| ProduceError::Raft("not committed in time".to_string()))??;
+        Ok(self.log_start_offset())
+    }
+
+    /// [`advance_log_start`](Self::advance_log_start) from a blocking thread.
+    pub fn advance_log_start_blocking(&self, offset: i64) -> Result<i64, ProduceError> {
+        self.context
+            .runtime
+            .block_on(self.advance_log_start(offset, APPEND_COMMIT_WAIT))
+    }
+
     /// fsyncs a captured flush (holding `flush`), taking the log offline if
     /// it fails (not if a file only lacked a descriptor: it stays dirty and
     /// the next flush covers it).
@@ -442,6 +474,11 @@ impl Partition {
 
     pub fn log_end_offset(&self) -> i64 {
         self.log.lock().log_end_offset()
+    }
+
+    /// Bytes the partition's segments take on disk.
+    pub fn size_bytes(&self) -> u64 {
+        self.log.lock().size_bytes()
     }
 
     pub fn set_config(&self, config: LogConfig) {
@@ -696,23 +733,39 @@ impl ReplicaManager {
         }
     }
 
-    /// Applies retention to every partition. Blocking.
+    /// Applies retention to the partitions this node leads. Blocking.
+    ///
+    /// Retention moves the log start offset, so that every replica keeps the
+    /// same records: the leader finds where retention would start the log
+    /// (whole expired segments, never at or above the high watermark) and
+    /// moves the start there through the group, and each replica deletes
+    /// the segments below it when the move is committed. Followers only
+    /// expire idle producers.
     pub fn enforce_retention_all(&self, now_ms: i64) {
         for partition in self.all() {
-            // Never delete data a consumer could not yet have read (Kafka's rule).
-            let hw = partition.high_watermark();
             if partition.is_offline() {
                 continue;
             }
-            let mut log = partition.log.lock();
-            let enforced = log.enforce_retention_up_to(now_ms, hw);
-            partition.note_offline(&log);
-            drop(log);
-            match enforced {
-                Ok(0) => {}
-                Ok(deleted) => {
-                    tracing::info!(partition = %partition.tp.dir_name(), deleted, "retention deleted segments")
+            let hw = partition.high_watermark();
+            let leads = partition.leadership().is_me;
+            let cut = partition.with_log(|log| {
+                log.expire_producers(now_ms);
+                if leads {
+                    log.retention_start(now_ms, hw)
+                } else {
+                    Ok(None)
                 }
+            });
+            match cut {
+                Ok(None) => {}
+                Ok(Some(start)) => match partition.advance_log_start_blocking(start) {
+                    Ok(low) => {
+                        tracing::info!(partition = %partition.tp.dir_name(), log_start_offset = low, "retention moved the log start")
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = %partition.tp.dir_name(), error = %e, "retention could not move the log start")
+                    }
+                },
                 Err(e) => {
                     tracing::error!(partition = %partition.tp.dir_name(), error = %e, "retention failed")
                 }
@@ -720,17 +773,20 @@ impl ReplicaManager {
         }
     }
 
-    /// The node-level election driver of the replicated partition groups
-    /// (openraft's own elections are off in them): every
-    /// [`ELECTION_CHECK_INTERVAL`], each group on this node whose leader is
-    /// unreachable gets an election here when it is this node's turn
-    /// ([`PartitionGroup::check_election`]). A peer counts as unreachable
-    /// as soon as its connection breaks (a killed node's kernel resets it)
-    /// or it has not been heard from for the transport's `dead_after` (a
-    /// paused or cut-off node). Stops when `shutdown` fires, and does
-    /// nothing once the node is leaving.
-    pub async fn drive_elections(&self, mut shutdown: watch::Receiver<bool>) {
+    /// The node-level driver of the partition groups (openraft's own
+    /// timers are off in them): every [`ELECTION_CHECK_INTERVAL`], it
+    /// writes this node's heartbeat report (which groups it leads, in which
+    /// term, with which ISR; `raft::leaders`), and each group on this node
+    /// whose leader is gone gets an election here when it is this node's
+    /// turn ([`PartitionGroup::check_election`]). A leader is gone as soon
+    /// as the connection to its node breaks (a killed node's kernel resets
+    /// it), when its node has not been heard from for the transport's
+    /// `dead_after` (a paused or cut-off node), or when its node's report
+    /// stops naming the group (it restarted or stepped down). Stops when
+    /// `shutdown` fires; elects nothing once the node is leaving.
+    pub async fn drive_elections(&self, lag_max: Duration, mut shutdown: watch::Receiver<bool>) {
         let transport = self.context.transport.clone();
+        let reporting = transport.clone();
         let reachable = move |peer: NodeId| transport.is_reachable(peer);
         let mut tick = tokio::time::interval(ELECTION_CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -739,13 +795,19 @@ impl ReplicaManager {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            let groups: Vec<Arc<PartitionGroup>> =
+                self.all().iter().filter_map(|p| p.group()).collect();
+            let led = groups
+                .iter()
+                .filter_map(|g| g.led(lag_max, &reachable))
+                .collect();
+            reporting.leaders().set_own(led);
             if self.context.registry.is_leaving() {
                 continue;
             }
-            for partition in self.all() {
-                if let Some(group) = partition.group() {
-                    group.check_election(&reachable).await;
-                }
+            for group in &groups {
+                group.check_election(&reachable);
+                group.maybe_purge();
             }
         }
     }

@@ -104,10 +104,31 @@ pub mod admin {
         configs: &[(&str, &str)],
         validate_only: bool,
     ) -> Result<CreatableTopicResult> {
+        create_topic_as(conn, name, partitions, -1, configs, validate_only).await
+    }
+
+    /// A topic with `replication` replicas per partition.
+    pub async fn create_topic_with_replication(
+        conn: &mut KafkaConnection,
+        name: &str,
+        partitions: i32,
+        replication: i16,
+    ) -> Result<CreatableTopicResult> {
+        create_topic_as(conn, name, partitions, replication, &[], false).await
+    }
+
+    async fn create_topic_as(
+        conn: &mut KafkaConnection,
+        name: &str,
+        partitions: i32,
+        replication: i16,
+        configs: &[(&str, &str)],
+        validate_only: bool,
+    ) -> Result<CreatableTopicResult> {
         let topic = CreatableTopic::default()
             .with_name(topic_name(name))
             .with_num_partitions(partitions)
-            .with_replication_factor(-1)
+            .with_replication_factor(replication)
             .with_configs(
                 configs
                     .iter()

@@ -206,3 +206,21 @@ async fn a_snapshot_restores_the_state_machine_after_a_restart() {
     std::fs::write(&path, bytes).expect("write");
     assert!(EntryMachine::<Test, Map>::open(dir.path()).is_err());
 }
+
+#[test]
+fn the_commit_hint_is_rewritten_in_place_and_a_torn_one_reads_as_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (vote, committed) = (dir.path().join("vote"), dir.path().join("committed"));
+    let reopen = || VoteFiles::open(vote.clone(), committed.clone()).expect("open");
+    // Each save on a freshly opened set, past the write throttle.
+    for hint in [Some(log_id(7, 123_456_789)), None, Some(log_id(2, 5))] {
+        reopen().save_committed(hint).expect("save");
+        assert_eq!(reopen().committed(), hint);
+        let len = std::fs::metadata(&committed).expect("metadata").len();
+        assert_eq!(len, COMMITTED_HINT_BYTES as u64, "rewritten in place");
+    }
+    let mut bytes = std::fs::read(&committed).expect("read");
+    bytes[10] ^= 0xFF;
+    std::fs::write(&committed, &bytes).expect("write");
+    assert_eq!(reopen().committed(), None, "a torn hint is no hint");
+}

@@ -56,6 +56,7 @@ async fn start(
             heartbeat_ms: 100,
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
+            ..GroupTimers::default()
         },
         transport,
         registry,

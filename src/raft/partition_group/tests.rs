@@ -56,6 +56,16 @@ async fn start(
     voters: &BTreeMap<NodeId, BasicNode>,
     dir: &std::path::Path,
 ) -> Replica {
+    start_with(node, listener, voters, dir, GroupTimers::partitions()).await
+}
+
+async fn start_with(
+    node: NodeId,
+    listener: TcpListener,
+    voters: &BTreeMap<NodeId, BasicNode>,
+    dir: &std::path::Path,
+    timers: GroupTimers,
+) -> Replica {
     let (stop, stopped) = watch::channel(false);
     let transport = Transport::new(
         TransportConfig::new(node, Some("c".into())),
@@ -80,14 +90,8 @@ async fn start(
         None,
         log.clone(),
         Arc::new(watch::Sender::new(0)),
-        true,
-        // Wide timers: the suite runs in parallel on two cores; this test
-        // is about safety and progress, not how fast an election is.
-        &GroupTimers {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
-        },
+        Durability::always(),
+        &timers,
         transport,
         registry,
         stopped,
@@ -99,13 +103,20 @@ async fn start(
     let driven = group.clone();
     let mut stopping = stop.subscribe();
     tokio::spawn(async move {
-        let reachable = move |p: NodeId| peers.is_reachable(p);
+        let reachable = {
+            let peers = peers.clone();
+            move |p: NodeId| peers.is_reachable(p)
+        };
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = stopping.changed() => return,
             }
-            driven.check_election(&reachable).await;
+            // The node's heartbeat report, as `ReplicaManager` writes it.
+            let led = driven.led(Duration::from_secs(30), &reachable);
+            peers.leaders().set_own(led.into_iter().collect());
+            driven.check_election(&reachable);
+            driven.maybe_purge();
         }
     });
     Replica { group, log, stop }
@@ -150,6 +161,22 @@ async fn produce(replica: &Replica, records: i32) -> (i64, i64) {
         .expect("the leader commits it")
         .expect("the append succeeds");
     (info.base_offset, info.last_offset)
+}
+
+/// Produces one batch of `records` records through whichever replica
+/// leads (retrying while the group settles after a restart); its offsets.
+async fn produce_to_leader(running: &BTreeMap<NodeId, Replica>, records: i32) -> (i64, i64) {
+    let started = std::time::Instant::now();
+    loop {
+        for replica in running.values() {
+            let batch = TestBatch::new(records).timestamp(NOW_MS).encode();
+            if let Ok(Ok(info)) = replica.group.produce(Bytes::from(batch), NOW_MS).await {
+                return (info.base_offset, info.last_offset);
+            }
+        }
+        assert!(started.elapsed() < WAIT, "no replica took the produce");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// (base offset, last offset, leader epoch) of every stored batch.
@@ -253,10 +280,15 @@ async fn an_old_leader_truncates_what_it_appended_but_never_committed() {
         replica.high_watermark_at_least(8).await;
     }
 
-    // Both followers stop: the leader appends a batch it cannot commit.
+    // Both followers' groups stop while their nodes stay up: the leader
+    // still reaches a majority of nodes, so it appends a batch, which it
+    // cannot commit.
     let followers: Vec<NodeId> = running.keys().copied().filter(|&n| n != leader).collect();
+    let mut silent = Vec::new();
     for f in &followers {
-        running.remove(f).expect("follower").stop().await;
+        let replica = running.remove(f).expect("follower");
+        replica.group.stop().await;
+        silent.push(replica);
     }
     let lonely = running.remove(&leader).expect("leader");
     let pending = tokio::time::timeout(
@@ -281,6 +313,27 @@ async fn an_old_leader_truncates_what_it_appended_but_never_committed() {
         8,
         "above the high watermark"
     );
+    // Once their nodes are gone too, it refuses writes outright: a leader
+    // that reaches no majority appends nothing (acks=1 would acknowledge it).
+    for replica in silent {
+        replica.stop().await;
+    }
+    let started = std::time::Instant::now();
+    while lonely.group.reaches_majority() {
+        assert!(started.elapsed() < WAIT, "the followers' nodes still count");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = lonely.group.produce(
+        Bytes::from(TestBatch::new(1).timestamp(NOW_MS).encode()),
+        NOW_MS,
+    );
+    let refused = tokio::time::timeout(WAIT, refused).await.expect("answered");
+    assert!(
+        matches!(refused, Err(ProduceError::NotLeader(None))),
+        "a leader without a majority takes writes: {:?}",
+        refused.map(|r| r.is_ok())
+    );
+    assert_eq!(lonely.log.lock().log_end_offset(), 13, "nothing appended");
     lonely.stop().await;
 
     // The followers come back without it and commit other records there.
@@ -369,6 +422,193 @@ async fn a_resigning_leader_hands_over_to_a_caught_up_follower_while_running() {
     for replica in running.values() {
         replica.high_watermark_at_least(next).await;
         assert_eq!(replica.segments(), running[&to].segments());
+    }
+    for (_, replica) in std::mem::take(&mut running) {
+        replica.stop().await;
+    }
+}
+
+/// Waits until `replica`'s log starts at `offset`.
+async fn log_start_reaches(replica: &Replica, offset: i64) {
+    let started = std::time::Instant::now();
+    while replica.log.lock().log_start_offset() != offset {
+        assert!(
+            started.elapsed() < WAIT,
+            "the log start is {}, not {offset}",
+            replica.log.lock().log_start_offset()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_start_moved_by_the_leader_reaches_every_replica() {
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let (mut listeners, voters) = three_listeners().await;
+    let dir = |node: NodeId| dirs[node as usize - 1].path().to_path_buf();
+    let mut running: BTreeMap<NodeId, Replica> = BTreeMap::new();
+    for node in 1..=3 {
+        let listener = listeners.remove(&node).expect("listener");
+        running.insert(node, start(node, listener, &voters, &dir(node)).await);
+    }
+    let leader = leader_seen_by(&running[&1], None).await;
+    for _ in 0..10 {
+        produce(&running[&leader], 2).await;
+    }
+    for replica in running.values() {
+        replica.high_watermark_at_least(20).await;
+    }
+    // A follower cannot move it.
+    let followers: Vec<NodeId> = running.keys().copied().filter(|&n| n != leader).collect();
+    let refused = running[&followers[0]].group.advance_log_start(4).await;
+    assert!(
+        matches!(refused, Err(ProduceError::NotLeader(_))),
+        "{refused:?}"
+    );
+
+    // One follower is away when the leader moves the start.
+    let away = followers[1];
+    running.remove(&away).expect("follower").stop().await;
+    running[&leader]
+        .group
+        .advance_log_start(12)
+        .await
+        .expect("committed");
+    assert_eq!(running[&leader].log.lock().log_start_offset(), 12);
+    log_start_reaches(&running[&followers[0]], 12).await;
+
+    // It comes back, catches up, and applies the move too.
+    let listener = TcpListener::bind(voters[&away].addr.as_str())
+        .await
+        .expect("rebind");
+    running.insert(away, start(away, listener, &voters, &dir(away)).await);
+    produce(&running[&leader], 1).await;
+    running[&away].high_watermark_at_least(21).await;
+    log_start_reaches(&running[&away], 12).await;
+    for (_, replica) in std::mem::take(&mut running) {
+        replica.stop().await;
+    }
+}
+
+/// Waits until every replica in `running` purged past `index`.
+async fn purged_past(running: &BTreeMap<NodeId, Replica>, index: u64) {
+    let started = std::time::Instant::now();
+    for (node, replica) in running {
+        while replica.group.purged_index() <= index {
+            assert!(
+                started.elapsed() < WAIT,
+                "node {node} purged only up to {}",
+                replica.group.purged_index()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entry_index_is_purged_where_every_replica_holds_the_log_and_the_group_lives_on() {
+    let timers = GroupTimers {
+        purge_keep_entries: 4,
+        purge_step_entries: 8,
+        ..GroupTimers::partitions()
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let (mut listeners, voters) = three_listeners().await;
+    let dir = |node: NodeId| dirs[node as usize - 1].path().to_path_buf();
+    let mut running: BTreeMap<NodeId, Replica> = BTreeMap::new();
+    for node in 1..=3 {
+        let listener = listeners.remove(&node).expect("listener");
+        running.insert(
+            node,
+            start_with(node, listener, &voters, &dir(node), timers.clone()).await,
+        );
+    }
+    let leader = leader_seen_by(&running[&1], None).await;
+    let mut next = 0;
+    for _ in 0..30 {
+        assert_eq!(produce(&running[&leader], 2).await, (next, next + 1));
+        next += 2;
+    }
+    for replica in running.values() {
+        replica.high_watermark_at_least(next).await;
+    }
+    purged_past(&running, 8).await;
+    let epochs_before: Vec<(i32, i64)> = (0..4)
+        .map(|e| running[&leader].group.end_offset_for_epoch(e))
+        .collect();
+
+    // A follower is away: nothing it has not got is purged meanwhile, so
+    // it catches up with entries when it comes back.
+    let away = *running.keys().find(|&&n| n != leader).expect("a follower");
+    running.remove(&away).expect("follower").stop().await;
+    let purged_when_it_left = running[&leader].group.purged_index();
+    for _ in 0..30 {
+        assert_eq!(produce(&running[&leader], 2).await, (next, next + 2 - 1));
+        next += 2;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        running[&leader].group.purged_index(),
+        purged_when_it_left,
+        "the leader purged entries a replica that is away has not got"
+    );
+    let listener = TcpListener::bind(voters[&away].addr.as_str())
+        .await
+        .expect("rebind");
+    running.insert(
+        away,
+        start_with(away, listener, &voters, &dir(away), timers.clone()).await,
+    );
+    running[&away].high_watermark_at_least(next).await;
+    purged_past(&running, purged_when_it_left).await;
+
+    // Every replica restarts on its purged index: the group elects, goes
+    // on at the next offset, and answers for old epochs as before.
+    for (_, replica) in std::mem::take(&mut running) {
+        replica.stop().await;
+    }
+    for node in 1..=3 {
+        let listener = TcpListener::bind(voters[&node].addr.as_str())
+            .await
+            .expect("rebind");
+        running.insert(
+            node,
+            start_with(node, listener, &voters, &dir(node), timers.clone()).await,
+        );
+    }
+    assert_eq!(produce_to_leader(&running, 1).await, (next, next));
+    next += 1;
+    let leader = leader_seen_by(&running[&1], None).await;
+    for replica in running.values() {
+        replica.high_watermark_at_least(next).await;
+        assert_eq!(replica.segments(), running[&leader].segments());
+    }
+    // Epochs that had ended answer exactly as before the purges; the one
+    // that was the latest then has ended since (at or after the log end
+    // of then).
+    let latest = epochs_before
+        .iter()
+        .filter(|(epoch, _)| *epoch >= 0)
+        .map(|(epoch, _)| *epoch)
+        .max()
+        .expect("an epoch");
+    for (e, before) in epochs_before.iter().enumerate() {
+        let after = running[&leader].group.end_offset_for_epoch(e as i32);
+        if before.0 < 0 {
+            continue;
+        }
+        if before.0 < latest {
+            assert_eq!(after, *before, "epoch {e}");
+        } else {
+            assert!(
+                after.0 == before.0 && after.1 >= before.1,
+                "epoch {e}: {before:?} then {after:?}"
+            );
+        }
     }
     for (_, replica) in std::mem::take(&mut running) {
         replica.stop().await;

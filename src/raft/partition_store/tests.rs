@@ -2,10 +2,12 @@
 //! not cover: produce entries get their offsets from the leader's store, a
 //! follower fed the leader's entries stores the same bytes at the same
 //! offsets, a producer retry is stored once, truncation cuts the segments,
-//! and recovery brings the index and the segments to a common end.
+//! recovery brings the index and the segments to a common end, and appends
+//! made during a sync (`--fsync always`) share it.
 
 use std::fs::OpenOptions;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::{StoreBuilder, Suite};
@@ -70,7 +72,7 @@ impl
         StorageError<u64>,
     > {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-        let store = PartitionStore::open(open_log(dir.path()), true)
+        let store = PartitionStore::open(open_log(dir.path()), Durability::always())
             .map_err(|e| StorageIOError::write(&e))?;
         let machine =
             EntryMachine::open(&dir.path().join("sm")).map_err(|e| StorageIOError::write(&e))?;
@@ -155,8 +157,9 @@ async fn the_leader_assigns_offsets_and_a_follower_stores_the_same_bytes() {
         tempfile::tempdir().expect("tempdir"),
     ];
     let (leader_log, follower_log) = (open_log(dirs[0].path()), open_log(dirs[1].path()));
-    let mut leader = PartitionStore::open(leader_log.clone(), true).expect("open");
-    let mut follower = PartitionStore::open(follower_log.clone(), true).expect("open");
+    let mut leader = PartitionStore::open(leader_log.clone(), Durability::always()).expect("open");
+    let mut follower =
+        PartitionStore::open(follower_log.clone(), Durability::always()).expect("open");
     // Raft's own entries take no offsets.
     let (fourth, outcome) = produce_waited(&leader, 2, 4, batch(2));
     leader
@@ -199,7 +202,7 @@ async fn the_leader_assigns_offsets_and_a_follower_stores_the_same_bytes() {
 async fn a_producer_retry_is_stored_once_and_answered_with_its_original_offsets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open_log(dir.path());
-    let mut store = PartitionStore::open(log.clone(), true).expect("open");
+    let mut store = PartitionStore::open(log.clone(), Durability::always()).expect("open");
     let first = TestBatch::new(2)
         .timestamp(NOW_MS)
         .idempotent(7, 0, 0)
@@ -230,7 +233,7 @@ async fn a_producer_retry_is_stored_once_and_answered_with_its_original_offsets(
 async fn truncation_cuts_the_segments_and_the_next_entries_reuse_no_offset_below() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open_log(dir.path());
-    let mut store = PartitionStore::open(log.clone(), true).expect("open");
+    let mut store = PartitionStore::open(log.clone(), Durability::always()).expect("open");
     store
         .blocking_append(vec![
             produce(1, 1, batch(2)),
@@ -250,13 +253,53 @@ async fn truncation_cuts_the_segments_and_the_next_entries_reuse_no_offset_below
     assert_eq!(batches(&segment_bytes(&log)), vec![(0, 1, 1), (2, 5, 2)]);
     let state = store.get_log_state().await.expect("state");
     assert_eq!(state.last_log_id, Some(log_id(2, 3)));
+    // Read back (from the unapplied batches kept in memory): the new
+    // entry's batch, not the one truncated away.
+    let read = store.try_get_log_entries(3..=3).await.expect("read");
+    match &read[0].payload {
+        EntryPayload::Normal(PartitionEntry::Records { records }) => {
+            assert_eq!(batches(records), vec![(2, 5, 2)]);
+        }
+        other => panic!("entry 3 is {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn appends_during_a_sync_all_complete_and_read_back_what_the_segments_hold() {
+    const APPENDS: u64 = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open_log(dir.path());
+    let store = PartitionStore::open(log.clone(), Durability::always()).expect("open");
+    // Each append returns once written; its flush waits for a sync pass,
+    // which the appends behind it join. Every one must hear back.
+    let appends = (1..=APPENDS).map(|i| {
+        let mut store = store.clone();
+        async move { store.blocking_append(vec![produce(1, i, batch(2))]).await }
+    });
+    let done = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(appends))
+        .await
+        .expect("every append's flush is reported");
+    assert!(done.iter().all(|r| r.is_ok()), "{done:?}");
+    assert_eq!(log.lock().log_end_offset(), 2 * APPENDS as i64);
+
+    // Nothing applied yet: the entries are read from memory, and they are
+    // the bytes the segments hold.
+    let mut reader = store.clone();
+    let recent = store.recent();
+    assert!(recent.bytes() > 0);
+    let from_memory = reader.try_get_log_entries(..).await.expect("read");
+    recent.forget_through(APPENDS);
+    assert_eq!(recent.bytes(), 0);
+    let from_segments = reader.try_get_log_entries(..).await.expect("read");
+    assert_eq!(from_memory.len(), APPENDS as usize);
+    assert_eq!(from_memory, from_segments);
 }
 
 #[tokio::test]
 async fn epochs_start_where_their_first_entry_does_and_truncation_forgets_removed_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open_log(dir.path());
-    let mut store = PartitionStore::open(log.clone(), true).expect("open");
+    let mut store = PartitionStore::open(log.clone(), Durability::always()).expect("open");
     store
         .blocking_append(vec![
             blank(1, 1),
@@ -287,7 +330,7 @@ async fn epochs_start_where_their_first_entry_does_and_truncation_forgets_remove
     assert_eq!(store.epochs(), vec![(1, 0), (3, 2), (5, 5)]);
     drop(store);
     // The map is rebuilt from the index on open.
-    let store = PartitionStore::open(log.clone(), true).expect("reopen");
+    let store = PartitionStore::open(log.clone(), Durability::always()).expect("reopen");
     assert_eq!(store.epochs(), vec![(1, 0), (3, 2), (5, 5)]);
     assert_eq!(store.end_offset_for_epoch(5), (5, 6));
 }
@@ -296,7 +339,7 @@ async fn epochs_start_where_their_first_entry_does_and_truncation_forgets_remove
 async fn recovery_cuts_the_longer_of_index_and_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open_log(dir.path());
-    let mut store = PartitionStore::open(log.clone(), true).expect("open");
+    let mut store = PartitionStore::open(log.clone(), Durability::always()).expect("open");
     store
         .blocking_append((1..=4).map(|i| produce(1, i, batch(2))).collect::<Vec<_>>())
         .await
@@ -314,7 +357,7 @@ async fn recovery_cuts_the_longer_of_index_and_segments() {
         .expect("open");
     file.set_len(last).expect("cut the index");
     drop(file);
-    let mut store = PartitionStore::open(log.clone(), true).expect("reopen");
+    let mut store = PartitionStore::open(log.clone(), Durability::always()).expect("reopen");
     assert_eq!(
         log.lock().log_end_offset(),
         6,
@@ -328,7 +371,7 @@ async fn recovery_cuts_the_longer_of_index_and_segments() {
 
     // Index records whose batches are gone (the segment write was lost).
     log.lock().truncate_to(2).expect("lose batches");
-    let mut store = PartitionStore::open(log.clone(), true).expect("reopen");
+    let mut store = PartitionStore::open(log.clone(), Durability::always()).expect("reopen");
     assert_eq!(
         store.get_log_state().await.expect("state").last_log_id,
         Some(log_id(1, 1))
@@ -350,8 +393,9 @@ async fn entries_below_the_log_start_go_out_empty_and_a_follower_restarts_past_t
         tempfile::tempdir().expect("tempdir"),
     ];
     let (leader_log, follower_log) = (open_log(dirs[0].path()), open_log(dirs[1].path()));
-    let mut leader = PartitionStore::open(leader_log.clone(), true).expect("open");
-    let mut follower = PartitionStore::open(follower_log.clone(), true).expect("open");
+    let mut leader = PartitionStore::open(leader_log.clone(), Durability::always()).expect("open");
+    let mut follower =
+        PartitionStore::open(follower_log.clone(), Durability::always()).expect("open");
     leader
         .blocking_append(vec![
             produce(1, 1, batch(2)),
@@ -383,4 +427,50 @@ async fn entries_below_the_log_start_go_out_empty_and_a_follower_restarts_past_t
     follower.blocking_append(shipped).await.expect("append");
     let log = follower_log.lock();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (5, 6));
+}
+
+#[tokio::test]
+async fn a_purge_is_recorded_after_the_entries_and_rewrites_the_index_once_they_fill_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open_log(dir.path());
+    let index = dir.path().join("t-0").join(INDEX_FILE);
+    let size = || std::fs::metadata(&index).expect("index").len();
+    let mut store = PartitionStore::open(log.clone(), Durability::Interval).expect("open");
+    store
+        .blocking_append((1..=10).map(|i| produce(1, i, batch(1))))
+        .await
+        .expect("append");
+    let before = size();
+    store.purge(log_id(1, 5)).await.expect("purge");
+    assert!(size() > before, "a record appended, not a rewrite");
+    // The purge record sits behind entries 8..=10: cutting them keeps it.
+    store.truncate(log_id(1, 8)).await.expect("truncate");
+    drop(store);
+    let mut store = PartitionStore::open(log.clone(), Durability::Interval).expect("reopen");
+    let state = store.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 5)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 7)));
+    let left: Vec<u64> = store
+        .try_get_log_entries(..)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_eq!(left, vec![6, 7]);
+
+    // Once purged entries fill a megabyte, the purge rewrites the file.
+    const LAST: u64 = 100_000;
+    store
+        .blocking_append((8..=LAST).map(|i| blank(1, i)))
+        .await
+        .expect("append");
+    assert!(size() > INDEX_REWRITE_BYTES, "{} bytes", size());
+    store.purge(log_id(1, LAST - 10)).await.expect("purge");
+    assert!(size() < 4096, "rewritten: {} bytes", size());
+    drop(store);
+    let mut store = PartitionStore::open(log, Durability::Interval).expect("reopen");
+    let state = store.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, LAST - 10)));
+    assert_eq!(store.try_get_log_entries(..).await.expect("read").len(), 10);
 }
