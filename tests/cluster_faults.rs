@@ -11,7 +11,10 @@
 //!   committing while the node that coordinates it is killed -9: no
 //!   committed offset goes back, and no record is skipped;
 //! - records deleted with DeleteRecords stay deleted when the leader that
-//!   deleted them is killed: every replica moved its log start.
+//!   deleted them is killed: every replica moved its log start;
+//! - a replica that was down while the log start moved past its log end
+//!   (DeleteRecords inside a batch) is rebuilt from the leader's log: led
+//!   by it again, it serves exactly what the old leader served.
 //!
 //! Safety only: how long a failover takes is measured in the benchmark.
 
@@ -30,7 +33,9 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use common::cluster::{await_leaders, coordinator, keep_logs_on_error, leaders, CONVERGE_WAIT_MAX};
+use common::cluster::{
+    await_brokers, await_leaders, coordinator, keep_logs_on_error, leaders, CONVERGE_WAIT_MAX,
+};
 use common::kafka_rpc::{admin, KafkaConnection};
 use common::produce_stream::ProduceStream;
 use common::{
@@ -40,6 +45,8 @@ use common::{
 
 const NODES: usize = 3;
 const KEYS: u64 = 60;
+/// Kafka's ELECTION_NOT_NEEDED: the preferred replica already leads.
+const ELECTION_NOT_NEEDED: i16 = 84;
 
 /// The idempotent producer every test here streams with, with `extra`
 /// settings.
@@ -173,6 +180,22 @@ async fn produce_tagged(
 /// Fetches partition 0 from offset 0 on one node: (error code, high
 /// watermark, the values it served).
 async fn fetch_values(conn: &mut KafkaConnection, topic: &str) -> Result<(i16, i64, Vec<String>)> {
+    let (error, high_watermark, records) = fetch_from(conn, topic, 0).await?;
+    Ok((
+        error,
+        high_watermark,
+        records.into_iter().map(|(_, v)| v).collect(),
+    ))
+}
+
+/// Fetches partition 0 from offset `from` on one node: (error code, high
+/// watermark, the (offset, value) of every record it served, including
+/// those below `from` in the first batch).
+async fn fetch_from(
+    conn: &mut KafkaConnection,
+    topic: &str,
+    from: i64,
+) -> Result<(i16, i64, Vec<(i64, String)>)> {
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(0)
@@ -182,7 +205,7 @@ async fn fetch_values(conn: &mut KafkaConnection, topic: &str) -> Result<(i16, i
             .with_topic(admin::topic_name(topic))
             .with_partitions(vec![FetchPartition::default()
                 .with_partition(0)
-                .with_fetch_offset(0)
+                .with_fetch_offset(from)
                 .with_partition_max_bytes(8 * 1024 * 1024)])]);
     let response = conn.send(12, &request).await?;
     let p = response
@@ -190,16 +213,43 @@ async fn fetch_values(conn: &mut KafkaConnection, topic: &str) -> Result<(i16, i
         .first()
         .and_then(|t| t.partitions.first())
         .context("fetch response without a partition")?;
-    let mut values = Vec::new();
+    let mut records = Vec::new();
     if let Some(bytes) = &p.records {
         let mut buf = bytes.clone();
         for set in RecordBatchDecoder::decode_all(&mut buf)? {
             for r in set.records {
-                values.push(String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into());
+                let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
+                records.push((r.offset, value.into()));
             }
         }
     }
-    Ok((p.error_code, p.high_watermark, values))
+    Ok((p.error_code, p.high_watermark, records))
+}
+
+/// DeleteRecords below `offset` in partition 0, sent to `conn`'s node:
+/// (error code, low watermark).
+async fn delete_records(
+    conn: &mut KafkaConnection,
+    topic: &str,
+    offset: i64,
+) -> Result<(i16, i64)> {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    let request = kafka_protocol::messages::DeleteRecordsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(admin::topic_name(topic))
+            .with_partitions(vec![DeleteRecordsPartition::default()
+                .with_partition_index(0)
+                .with_offset(offset)])]);
+    let response = conn.send(2, &request).await?;
+    let p = response
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .context("DeleteRecords answered no partition")?;
+    Ok((p.error_code, p.low_watermark))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,24 +651,10 @@ async fn deleted_records_stay_deleted_when_the_leader_is_killed() -> Result<()> 
         // DeleteRecords on the leader: the log start moves on every replica.
         let leader = leaders(&bootstraps[0], &topic).await?[&0].0;
         let mut conn = KafkaConnection::connect(&bootstraps[leader as usize - 1]).await?;
-        let request = kafka_protocol::messages::DeleteRecordsRequest::default()
-            .with_timeout_ms(30_000)
-            .with_topics(vec![
-                kafka_protocol::messages::delete_records_request::DeleteRecordsTopic::default()
-                    .with_name(admin::topic_name(&topic))
-                    .with_partitions(vec![
-                        kafka_protocol::messages::delete_records_request::DeleteRecordsPartition::default()
-                            .with_partition_index(0)
-                            .with_offset(120),
-                    ]),
-            ]);
-        let response = conn.send(2, &request).await?;
-        let p = &response.topics[0].partitions[0];
+        let (error, low_watermark) = delete_records(&mut conn, &topic, 120).await?;
         ensure!(
-            p.error_code == 0 && p.low_watermark == 120,
-            "DeleteRecords: error {}, low watermark {}",
-            p.error_code,
-            p.low_watermark
+            error == 0 && low_watermark == 120,
+            "DeleteRecords: error {error}, low watermark {low_watermark}"
         );
 
         // The leader dies: the new one starts its log at the same offset.
@@ -630,7 +666,10 @@ async fn deleted_records_stay_deleted_when_the_leader_is_killed() -> Result<()> 
         loop {
             match earliest(&bootstraps[led[&0] as usize - 1], &topic).await? {
                 Ok(offset) => {
-                    ensure!(offset == 120, "the new leader's log starts at {offset}, not 120");
+                    ensure!(
+                        offset == 120,
+                        "the new leader's log starts at {offset}, not 120"
+                    );
                     break;
                 }
                 Err(code) => ensure!(
@@ -648,6 +687,175 @@ async fn deleted_records_stay_deleted_when_the_leader_is_killed() -> Result<()> 
         &nodes,
         outcome,
     );
+    for node in &mut nodes {
+        let _ = node.stop();
+    }
+    outcome
+}
+
+/// ElectLeaders (preferred) for partition 0 of `topic`, sent to `bootstrap`:
+/// the partition's error code (0: elected).
+async fn elect_preferred(bootstrap: &str, topic: &str) -> Result<i16> {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    let mut conn = KafkaConnection::connect(bootstrap).await?;
+    let request = kafka_protocol::messages::ElectLeadersRequest::default()
+        .with_election_type(0)
+        .with_timeout_ms(10_000)
+        .with_topic_partitions(Some(vec![TopicPartitions::default()
+            .with_topic(admin::topic_name(topic))
+            .with_partitions(vec![0])]));
+    let response = conn.send(2, &request).await?;
+    response
+        .replica_election_results
+        .first()
+        .and_then(|t| t.partition_result.first())
+        .map(|p| p.error_code)
+        .context("ElectLeaders answered no partition")
+}
+
+/// Produces `batches` batches of 10 records tagged `tag` to partition 0
+/// of `topic` (acks=all), each to the leader `witness` names; each must be
+/// acknowledged at the next offset from `next`. A refusal before the append
+/// (NOT_LEADER_OR_FOLLOWER while a new leader settles, NOT_ENOUGH_REPLICAS)
+/// is retried. Returns the offset after the last.
+async fn produce_batches(
+    witness: &str,
+    bootstraps: &[String],
+    topic: &str,
+    tag: &str,
+    batches: usize,
+    mut next: i64,
+) -> Result<i64> {
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    const NOT_ENOUGH_REPLICAS: i16 = 19;
+    let deadline = Instant::now() + CONVERGE_WAIT_MAX;
+    let mut sent = 0;
+    while sent < batches {
+        let leader = leaders(witness, topic).await?[&0].0;
+        let mut conn = KafkaConnection::connect(&bootstraps[leader as usize - 1]).await?;
+        while sent < batches {
+            let (error, base) = produce_tagged(&mut conn, topic, tag, 10, -1).await?;
+            if matches!(error, NOT_LEADER_OR_FOLLOWER | NOT_ENOUGH_REPLICAS) {
+                ensure!(Instant::now() < deadline, "produce {tag}: error {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                break;
+            }
+            ensure!(
+                error == 0 && base == next,
+                "produce {tag}: error {error}, base offset {base}, expected {next}"
+            );
+            next += 10;
+            sent += 1;
+        }
+    }
+    Ok(next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_the_log_start_moved_past_is_rebuilt_from_the_leaders_log() -> Result<()> {
+    const TEST: &str = "a_replica_the_log_start_moved_past_is_rebuilt_from_the_leaders_log";
+    let Some(mut nodes) = Broker::start_cluster(TEST, NODES, &[])? else {
+        return Ok(());
+    };
+    let outcome = async {
+        let bootstraps: Vec<String> = nodes.iter().map(|n| n.bootstrap().to_string()).collect();
+        let all: Vec<i32> = (1..=NODES as i32).collect();
+        let topic = unique_topic("rebuilt");
+        create_replicated(&bootstraps, &topic, 1).await?;
+        let (_, replicas) = leaders(&bootstraps[0], &topic).await?[&0].clone();
+        let preferred = *replicas.first().context("no replicas")?;
+        let at = |id: i32| bootstraps[id as usize - 1].clone();
+        let deadline = Instant::now() + CONVERGE_WAIT_MAX;
+        loop {
+            match elect_preferred(&bootstraps[0], &topic).await? {
+                0 | ELECTION_NOT_NEEDED => break,
+                code => ensure!(Instant::now() < deadline, "ElectLeaders: error {code}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        await_leaders(&bootstraps[0], &topic, 1, &[preferred]).await?;
+
+        // The preferred replica holds 0..100, then dies; 100..300 go to
+        // the others, DeleteRecords moves the log start to 255 (inside the
+        // batch 250..260), and 300..400 follow.
+        let mut next = produce_batches(&at(preferred), &bootstraps, &topic, "a", 10, 0).await?;
+        nodes[preferred as usize - 1].kill9()?;
+        let survivors: Vec<i32> = all.iter().copied().filter(|&n| n != preferred).collect();
+        await_leaders(&at(survivors[0]), &topic, 1, &survivors).await?;
+        next = produce_batches(&at(survivors[0]), &bootstraps, &topic, "b", 20, next).await?;
+        let leader = leaders(&at(survivors[0]), &topic).await?[&0].0;
+        let mut conn = KafkaConnection::connect(&at(leader)).await?;
+        let (error, low_watermark) = delete_records(&mut conn, &topic, 255).await?;
+        ensure!(
+            error == 0 && low_watermark == 255,
+            "DeleteRecords: error {error}, low watermark {low_watermark}"
+        );
+        next = produce_batches(&at(survivors[0]), &bootstraps, &topic, "c", 10, next).await?;
+
+        // Back, it catches up from the leader's log, and leads again.
+        nodes[preferred as usize - 1].restart()?;
+        await_brokers(
+            &bootstraps.iter().map(String::as_str).collect::<Vec<_>>(),
+            &all,
+        )
+        .await?;
+        let deadline = Instant::now() + CONVERGE_WAIT_MAX;
+        loop {
+            match elect_preferred(&at(survivors[0]), &topic).await? {
+                0 | ELECTION_NOT_NEEDED => break,
+                code => ensure!(Instant::now() < deadline, "ElectLeaders: error {code}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        await_leaders(&at(preferred), &topic, 1, &[preferred]).await?;
+
+        // It serves what the old leader served: from 255 to 400, every
+        // record once, in order.
+        let deadline = Instant::now() + CONVERGE_WAIT_MAX;
+        let start = loop {
+            match earliest(&at(preferred), &topic).await? {
+                Ok(offset) => break offset,
+                Err(code) => ensure!(Instant::now() < deadline, "ListOffsets: error {code}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        ensure!(
+            start == 255,
+            "the rebuilt replica's log starts at {start}, not 255"
+        );
+        let mut conn = KafkaConnection::connect(&at(preferred)).await?;
+        let mut served = Vec::new();
+        let mut from = 255;
+        while from < next {
+            let (error, high_watermark, records) = fetch_from(&mut conn, &topic, from).await?;
+            ensure!(error == 0, "Fetch at {from}: error {error}");
+            ensure!(
+                high_watermark == next,
+                "high watermark {high_watermark}, not {next}"
+            );
+            let got: Vec<(i64, String)> = records.into_iter().filter(|(o, _)| *o >= from).collect();
+            ensure!(!got.is_empty(), "Fetch at {from} served nothing");
+            from = got.last().map_or(from, |(o, _)| o + 1);
+            served.extend(got);
+        }
+        let expected: Vec<(i64, String)> = (255..next)
+            .map(|o| {
+                let (tag, base) = if o < 300 { ("b", 100) } else { ("c", 300) };
+                (o, format!("{tag} record {}", (o - base) % 10))
+            })
+            .collect();
+        ensure!(
+            served == expected,
+            "served {} records ({:?}..), expected {} ({:?}..)",
+            served.len(),
+            served.first(),
+            expected.len(),
+            expected.first()
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let outcome = keep_logs_on_error(TEST, &nodes, outcome);
     for node in &mut nodes {
         let _ = node.stop();
     }

@@ -13,11 +13,15 @@
 //! ([`PartitionGroup::check_election`]) starts an election only where a
 //! group's leader is gone.
 //!
-//! Not yet: snapshots are never taken,
-//! so the entry index is never purged and a replica is never rebuilt from a
-//! snapshot (a replica too far behind needs the leader's segments: later);
-//! the applied state is not saved, so a restart re-applies the committed
-//! entries (reading their batches once).
+//! A replica that missed entries gets them from the leader's entry index,
+//! which is purged only as far as every voter holds the log
+//! ([`PartitionGroup::maybe_purge`]): so no snapshot ever has to carry
+//! records. Entries whose batches the log start has passed (retention,
+//! DeleteRecords) go out empty, and the replica restarts its log at the
+//! leader's next batch: it is rebuilt from the leader's segments. The cost:
+//! while a voter is down, the index keeps every entry since (tens of bytes
+//! each, on disk and in memory). The applied state is not saved, so a restart re-applies the
+//! committed entries (reading their batches once).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

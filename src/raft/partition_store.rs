@@ -836,12 +836,29 @@ impl Inner {
             }
             Kind::Records { first, end, bytes } => {
                 let log_start = self.log.lock().log_start_offset();
-                // Batches wholly or partly below the log start are gone
-                // (retention, DeleteRecords): the entry goes out empty, and
-                // a replica that lacks them restarts its log at the next
-                // batch it receives.
-                let records = if first == end || *first < log_start {
+                // Batches wholly below the log start are gone (retention,
+                // DeleteRecords): the entry goes out empty, and a replica
+                // that lacks them restarts its log at the next batch it
+                // receives. An entry the log start cuts (DeleteRecords
+                // inside it) goes out from the batch holding the log start,
+                // which the leader still serves: the replica must hold it
+                // too, or it would lose the records above the log start
+                // in that batch.
+                let records = if first == end || *end <= log_start {
                     Bytes::new()
+                } else if *first < log_start {
+                    let info = self
+                        .log
+                        .lock()
+                        .read(log_start, *bytes as usize, *end, true)
+                        .map_err(io_error)?;
+                    if info.next_offset != *end {
+                        return Err(io_error(format!(
+                            "offsets {log_start}..{end} read back up to {}",
+                            info.next_offset
+                        )));
+                    }
+                    info.records
                 } else if let Some(batches) = self.recent.get(e.log_id.index) {
                     batches
                 } else {
