@@ -1033,8 +1033,9 @@ impl PartitionGroup {
     }
 
     /// On the leader: up to which index every replica may purge its entry
-    /// index, [`purge_keep_entries`](GroupTimers::purge_keep_entries) below
-    /// the last entry that every voter holds and this node applied, rounded
+    /// index, [`purge_keep_entries`](GroupTimers::purge_keep_entries) (none
+    /// for a lone voter) below the last entry that every voter holds and
+    /// this node applied, rounded
     /// down to a multiple of `purge_step_entries`; `None`
     /// while a voter's progress is unknown (it was never reached: it may
     /// need anything).
@@ -1046,17 +1047,21 @@ impl PartitionGroup {
         }
         let replication = m.replication.as_ref()?;
         let mut held = m.last_applied.map(|l| l.index)?;
+        let mut alone = true;
         for voter in m.membership_config.membership().voter_ids() {
             if voter == self.node {
                 continue;
             }
+            alone = false;
             held = held.min(replication.get(&voter).copied().flatten()?.index);
         }
+        // A lone voter keeps nothing: no replica will ever ask it for an
+        // entry it applied.
+        let keep = if alone { 0 } else { self.purge_keep_entries };
         // In whole steps, so that the heartbeat report (which carries it)
         // does not change with every entry.
         let step = self.purge_step_entries.max(1);
-        held.checked_sub(self.purge_keep_entries)
-            .map(|to| to - to % step)
+        held.checked_sub(keep).map(|to| to - to % step)
     }
 
     /// Purges the entry index so that it does not grow with every produce

@@ -99,8 +99,9 @@ enum Kind {
     /// `at`: the log end offset when it was appended (where its term, if
     /// new, starts).
     Blank { at: i64 },
+    /// Boxed: rare, and it would double every entry's size in memory.
     Membership {
-        membership: Membership<NodeId, BasicNode>,
+        membership: Box<Membership<NodeId, BasicNode>>,
         at: i64,
     },
     /// A [`PartitionEntry::LogStart`] moving the log start to `start`.
@@ -654,7 +655,10 @@ impl Inner {
                 assign_epoch(&mut self.epochs, epoch, at);
                 let kind = match entry.payload {
                     EntryPayload::Blank => Kind::Blank { at },
-                    EntryPayload::Membership(membership) => Kind::Membership { membership, at },
+                    EntryPayload::Membership(membership) => Kind::Membership {
+                        membership: Box::new(membership),
+                        at,
+                    },
                     // Applied when committed (the state machine), not here.
                     EntryPayload::Normal(PartitionEntry::LogStart { offset }) => {
                         Kind::LogStart { at, start: offset }
@@ -782,7 +786,7 @@ impl Inner {
             .values()
             .rev()
             .find_map(|e| match &e.kind {
-                Kind::Membership { membership, .. } => Some((e.log_id, membership.clone())),
+                Kind::Membership { membership, .. } => Some((e.log_id, (**membership).clone())),
                 _ => None,
             })
             .or_else(|| self.purged_membership.clone());
@@ -830,7 +834,7 @@ impl Inner {
     fn read(&self, e: &Indexed) -> std::io::Result<Entry<PartitionTypes>> {
         let payload = match &e.kind {
             Kind::Blank { .. } => EntryPayload::Blank,
-            Kind::Membership { membership, .. } => EntryPayload::Membership(membership.clone()),
+            Kind::Membership { membership, .. } => EntryPayload::Membership((**membership).clone()),
             Kind::LogStart { start, .. } => {
                 EntryPayload::Normal(PartitionEntry::LogStart { offset: *start })
             }

@@ -24,12 +24,15 @@ struct Replica {
     group: Arc<PartitionGroup>,
     log: Arc<Mutex<PartitionLog>>,
     stop: watch::Sender<bool>,
+    /// The transport's listener task: its port is free once it ends.
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Replica {
     async fn stop(self) {
         self.group.stop().await;
         let _ = self.stop.send(true);
+        let _ = self.server.await;
     }
 
     fn segments(&self) -> Vec<u8> {
@@ -76,7 +79,7 @@ async fn start_with(
     }
     let peers = transport.clone();
     let registry = Arc::new(Registry::default());
-    tokio::spawn(transport.clone().serve(listener, registry.clone()));
+    let server = tokio::spawn(transport.clone().serve(listener, registry.clone()));
     let log = Arc::new(Mutex::new(
         PartitionLog::open(&dir.join("t-0"), LogConfig::default()).expect("partition log"),
     ));
@@ -119,7 +122,12 @@ async fn start_with(
             driven.maybe_purge();
         }
     });
-    Replica { group, log, stop }
+    Replica {
+        group,
+        log,
+        stop,
+        server,
+    }
 }
 
 /// Loopback listeners for nodes 1..=3, and the voters they make.
@@ -611,6 +619,33 @@ async fn the_entry_index_is_purged_where_every_replica_holds_the_log_and_the_gro
         }
     }
     for (_, replica) in std::mem::take(&mut running) {
+        replica.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_voter_purges_every_entry_it_applied() {
+    // A margin larger than everything produced: a group with followers
+    // would purge nothing; a lone voter keeps no margin.
+    let timers = GroupTimers {
+        purge_keep_entries: 1_000,
+        purge_step_entries: 8,
+        ..GroupTimers::partitions()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let voters = BTreeMap::from([(
+        1,
+        BasicNode::new(listener.local_addr().expect("addr").to_string()),
+    )]);
+    let replica = start_with(1, listener, &voters, dir.path(), timers).await;
+    leader_seen_by(&replica, None).await;
+    for i in 0..30 {
+        assert_eq!(produce(&replica, 1).await, (i, i));
+    }
+    let running = BTreeMap::from([(1, replica)]);
+    purged_past(&running, 23).await;
+    for (_, replica) in running {
         replica.stop().await;
     }
 }
