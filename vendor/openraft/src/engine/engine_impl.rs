@@ -107,7 +107,11 @@ where C: RaftTypeConfig
             seen_greater_log: false,
             leader: None,
             candidate: None,
-            output: EngineOutput::new(4096),
+            // Fjord patch: no preallocated command buffer. 4,096 commands
+            // are about 550 KiB per group, held for the group's life: with a
+            // group per partition that was most of a broker's memory. The
+            // queue grows as a burst needs and is drained after each step.
+            output: EngineOutput::new(0),
         }
     }
 
