@@ -663,6 +663,11 @@ impl PartitionGroup {
     ) -> anyhow::Result<Self> {
         let store = PartitionStore::open(log.clone(), durability)
             .with_context(|| format!("opening the Raft log of partition group {id}"))?;
+        if voters.keys().any(|&v| v != node) {
+            store
+                .forget_own_leadership(node)
+                .with_context(|| format!("restarting partition group {id}"))?;
+        }
         let committed = store.committed_end();
         high_watermark.send_if_modified(|hw| {
             let moved = committed > *hw;

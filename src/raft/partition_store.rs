@@ -383,6 +383,27 @@ impl PartitionStore {
             .or(inner.last_purged)
     }
 
+    /// Before the group starts on a node that has peers: a vote that made
+    /// `node` the leader (its own, committed) is kept as a vote for itself
+    /// that never won. openraft would otherwise restore a restarted leader
+    /// as leader of its old term, and it would name itself leader (to
+    /// clients, in Metadata) until a peer's later term reached it, while
+    /// another leads. It still votes for no one else in that term, and
+    /// leads again only through an election.
+    #[allow(clippy::result_large_err)]
+    pub fn forget_own_leadership(&self, node: NodeId) -> Result<(), StorageError<NodeId>> {
+        let mut inner = self.inner.lock();
+        let Some(vote) = inner.votes.vote() else {
+            return Ok(());
+        };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(node) {
+            return Ok(());
+        }
+        inner
+            .votes
+            .save_vote(&Vote::new(vote.leader_id().get_term(), node))
+    }
+
     /// The last purged entry's id and the membership in effect there: where
     /// the state machine starts after a restart (the purged entries cannot
     /// be applied again).

@@ -476,3 +476,27 @@ async fn a_purge_is_recorded_after_the_entries_and_rewrites_the_index_once_they_
     assert_eq!(state.last_purged_log_id, Some(log_id(1, LAST - 10)));
     assert_eq!(store.try_get_log_entries(..).await.expect("read").len(), 10);
 }
+
+#[tokio::test]
+async fn a_restarted_leader_keeps_its_vote_but_not_its_leadership() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open_log(dir.path());
+    let mut store = PartitionStore::open(log.clone(), Durability::Interval).expect("open");
+    let mut led = Vote::new(3, 1);
+    led.commit();
+    store.save_vote(&led).await.expect("save");
+    drop(store);
+
+    // Another node's leadership is left alone.
+    let mut store = PartitionStore::open(log.clone(), Durability::Interval).expect("reopen");
+    store.forget_own_leadership(2).expect("forget");
+    assert_eq!(store.read_vote().await.expect("read"), Some(led));
+    // Its own is kept as a vote for itself in that term that never won, on
+    // disk too.
+    store.forget_own_leadership(1).expect("forget");
+    drop(store);
+    let mut store = PartitionStore::open(log, Durability::Interval).expect("reopen");
+    let vote = store.read_vote().await.expect("read").expect("a vote");
+    assert_eq!(vote, Vote::new(3, 1));
+    assert!(!vote.is_committed());
+}
