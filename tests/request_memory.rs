@@ -311,6 +311,8 @@ async fn a_client_that_disconnects_releases_its_share_of_the_request_budget() ->
             .await?;
     }
     first.flush().await?;
+    // Once the broker holds all three, the budget has room for none more.
+    raw::await_read_by_broker(&first).await?;
 
     // A second client's large request cannot be read until budget frees up.
     let batch = bulk::batch(

@@ -207,3 +207,53 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Waits until the broker has read every byte `client` sent it: the kernel's
+/// receive queue of the broker's end of the connection (`/proc/net/tcp`) is
+/// empty and nothing is left in `client`'s send queue. For tests whose
+/// setup needs the broker to have taken a request in before the next client
+/// sends one. IPv4 loopback only.
+pub async fn await_read_by_broker(client: &TcpStream) -> Result<()> {
+    let (ours, theirs) = (client.local_addr()?, client.peer_addr()?);
+    let hex = |a: std::net::SocketAddr| -> Result<String> {
+        let std::net::SocketAddr::V4(v4) = a else {
+            bail!("{a} is not IPv4");
+        };
+        Ok(format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ))
+    };
+    let (client_end, broker_end) = (hex(ours)?, hex(theirs)?);
+    let started = std::time::Instant::now();
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp")?;
+        // Columns: sl local rem st tx_queue:rx_queue ...
+        let queues = |local: &str, remote: &str| {
+            table.lines().skip(1).find_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f.get(1) == Some(&local) && f.get(2) == Some(&remote)).then(|| {
+                    let (tx, rx) = f.get(4)?.split_once(':')?;
+                    Some((
+                        u64::from_str_radix(tx, 16).ok()?,
+                        u64::from_str_radix(rx, 16).ok()?,
+                    ))
+                })?
+            })
+        };
+        let sent = queues(&client_end, &broker_end).context("the client's socket is not listed")?;
+        let received =
+            queues(&broker_end, &client_end).context("the broker's socket is not listed")?;
+        if sent.0 == 0 && received.1 == 0 {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < RAW_RESPONSE_WAIT_MAX,
+            "the broker left bytes unread: client send queue {}, broker receive queue {}",
+            sent.0,
+            received.1
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
