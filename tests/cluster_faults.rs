@@ -630,6 +630,19 @@ async fn earliest(bootstrap: &str, topic: &str) -> Result<Result<i64, i16>> {
     })
 }
 
+/// The log start offset of partition 0 once `bootstrap` answers ListOffsets
+/// for it (a new leader may first refuse: retried, bounded).
+async fn await_earliest(bootstrap: &str, topic: &str) -> Result<i64> {
+    let deadline = Instant::now() + CONVERGE_WAIT_MAX;
+    loop {
+        match earliest(bootstrap, topic).await? {
+            Ok(offset) => return Ok(offset),
+            Err(code) => ensure!(Instant::now() < deadline, "ListOffsets: error {code}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_records_stay_deleted_when_the_leader_is_killed() -> Result<()> {
     let Some(mut nodes) = Broker::start_cluster(
@@ -662,23 +675,11 @@ async fn deleted_records_stay_deleted_when_the_leader_is_killed() -> Result<()> 
         let survivors: Vec<i32> = (1..=NODES as i32).filter(|&n| n != leader).collect();
         let witness = &bootstraps[survivors[0] as usize - 1];
         let led = await_leaders(witness, &topic, 1, &survivors).await?;
-        let deadline = Instant::now() + CONVERGE_WAIT_MAX;
-        loop {
-            match earliest(&bootstraps[led[&0] as usize - 1], &topic).await? {
-                Ok(offset) => {
-                    ensure!(
-                        offset == 120,
-                        "the new leader's log starts at {offset}, not 120"
-                    );
-                    break;
-                }
-                Err(code) => ensure!(
-                    Instant::now() < deadline,
-                    "ListOffsets on the new leader: error {code}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let start = await_earliest(&bootstraps[led[&0] as usize - 1], &topic).await?;
+        ensure!(
+            start == 120,
+            "the new leader's log starts at {start}, not 120"
+        );
         anyhow::Ok(())
     }
     .await;
@@ -711,6 +712,20 @@ async fn elect_preferred(bootstrap: &str, topic: &str) -> Result<i16> {
         .and_then(|t| t.partition_result.first())
         .map(|p| p.error_code)
         .context("ElectLeaders answered no partition")
+}
+
+/// ElectLeaders (preferred) for partition 0 through `bootstrap` until it is
+/// done or not needed (the preferred replica may still be catching up:
+/// retried, bounded).
+async fn await_preferred_elected(bootstrap: &str, topic: &str) -> Result<()> {
+    let deadline = Instant::now() + CONVERGE_WAIT_MAX;
+    loop {
+        match elect_preferred(bootstrap, topic).await? {
+            0 | ELECTION_NOT_NEEDED => return Ok(()),
+            code => ensure!(Instant::now() < deadline, "ElectLeaders: error {code}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Produces `batches` batches of 10 records tagged `tag` to partition 0
@@ -765,14 +780,7 @@ async fn a_replica_the_log_start_moved_past_is_rebuilt_from_the_leaders_log() ->
         let (_, replicas) = leaders(&bootstraps[0], &topic).await?[&0].clone();
         let preferred = *replicas.first().context("no replicas")?;
         let at = |id: i32| bootstraps[id as usize - 1].clone();
-        let deadline = Instant::now() + CONVERGE_WAIT_MAX;
-        loop {
-            match elect_preferred(&bootstraps[0], &topic).await? {
-                0 | ELECTION_NOT_NEEDED => break,
-                code => ensure!(Instant::now() < deadline, "ElectLeaders: error {code}"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        await_preferred_elected(&bootstraps[0], &topic).await?;
         await_leaders(&bootstraps[0], &topic, 1, &[preferred]).await?;
 
         // The preferred replica holds 0..100, then dies; 100..300 go to
@@ -799,26 +807,12 @@ async fn a_replica_the_log_start_moved_past_is_rebuilt_from_the_leaders_log() ->
             &all,
         )
         .await?;
-        let deadline = Instant::now() + CONVERGE_WAIT_MAX;
-        loop {
-            match elect_preferred(&at(survivors[0]), &topic).await? {
-                0 | ELECTION_NOT_NEEDED => break,
-                code => ensure!(Instant::now() < deadline, "ElectLeaders: error {code}"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        await_preferred_elected(&at(survivors[0]), &topic).await?;
         await_leaders(&at(preferred), &topic, 1, &[preferred]).await?;
 
         // It serves what the old leader served: from 255 to 400, every
         // record once, in order.
-        let deadline = Instant::now() + CONVERGE_WAIT_MAX;
-        let start = loop {
-            match earliest(&at(preferred), &topic).await? {
-                Ok(offset) => break offset,
-                Err(code) => ensure!(Instant::now() < deadline, "ListOffsets: error {code}"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let start = await_earliest(&at(preferred), &topic).await?;
         ensure!(
             start == 255,
             "the rebuilt replica's log starts at {start}, not 255"

@@ -774,11 +774,9 @@ impl PartitionGroup {
         })
     }
 
-    /// Hands a producer's validated batches to the group's Raft; this node
-    /// must lead. Entries handed over in order are appended in that order.
-    /// Waits while the group holds [`UNCOMMITTED_PRODUCES_MAX`] uncommitted
-    /// produces (the caller bounds the wait).
-    pub async fn submit(&self, validated: Validated, now_ms: i64) -> Result<Pending, ProduceError> {
+    /// `NotLeader` (naming the leader if another node leads) unless this
+    /// node leads, is not handing the group over, and may write in its term.
+    fn writable(&self) -> Result<(), ProduceError> {
         let leadership = self.leadership();
         if !leadership.is_me || self.resigning.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ProduceError::NotLeader(
@@ -786,7 +784,15 @@ impl PartitionGroup {
             ));
         }
         self.may_write(leadership.term)
-            .map_err(ProduceError::NotLeader)?;
+            .map_err(ProduceError::NotLeader)
+    }
+
+    /// Hands a producer's validated batches to the group's Raft; this node
+    /// must lead. Entries handed over in order are appended in that order.
+    /// Waits while the group holds [`UNCOMMITTED_PRODUCES_MAX`] uncommitted
+    /// produces (the caller bounds the wait).
+    pub async fn submit(&self, validated: Validated, now_ms: i64) -> Result<Pending, ProduceError> {
+        self.writable()?;
         let permit = self
             .uncommitted
             .clone()
@@ -823,14 +829,7 @@ impl PartitionGroup {
     /// Returns once it is committed and applied here. This node must lead;
     /// `offset` must not pass the high watermark (the caller checks).
     pub async fn advance_log_start(&self, offset: i64) -> Result<(), ProduceError> {
-        let leadership = self.leadership();
-        if !leadership.is_me || self.resigning.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(ProduceError::NotLeader(
-                leadership.leader.filter(|_| !leadership.is_me),
-            ));
-        }
-        self.may_write(leadership.term)
-            .map_err(ProduceError::NotLeader)?;
+        self.writable()?;
         match self
             .raft
             .client_write(PartitionEntry::LogStart { offset })
