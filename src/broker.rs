@@ -63,7 +63,8 @@ pub struct PartitionView {
     /// or an election is under way).
     pub leader: Option<i32>,
     /// While there is no leader but a majority of the replicas is
-    /// reachable (an election is under way): the replica first in the
+    /// reachable and has reported which groups it leads (an election is
+    /// under way, not a leader this node has yet to hear of): the replica first in the
     /// election's line, likely the next leader. Metadata names it, so that a
     /// client tries it and, until it leads, meets NOT_LEADER_OR_FOLLOWER and
     /// looks again at once; with no leader named at all (-1), librdkafka
@@ -821,9 +822,14 @@ impl Broker {
         let local_offline =
             replicas.contains(&self.config.node_id) && self.replicas.is_offline(topic, partition);
         let reached: Vec<i32> = replicas.iter().copied().filter(|&r| reachable(r)).collect();
-        let electing = (leader.is_none() && !local_offline && reached.len() * 2 > replicas.len())
-            .then(|| reached.iter().copied().min())
-            .flatten();
+        // Only when every reachable replica's report is in: before that
+        // (this node just started), the leader may be one not heard yet.
+        let electing = (leader.is_none()
+            && !local_offline
+            && reached.len() * 2 > replicas.len()
+            && reached.iter().all(|&r| self.metadata.has_reported(r)))
+        .then(|| reached.iter().copied().min())
+        .flatten();
         PartitionView {
             leader,
             electing,

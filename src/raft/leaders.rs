@@ -187,6 +187,15 @@ impl Leaders {
         Some(Duration::from_millis(unix_ms_now().saturating_sub(started)))
     }
 
+    /// Whether a current report from `peer` was heard within `fresh`, so
+    /// that its claims (or their absence) are known.
+    pub fn reported(&self, peer: NodeId, fresh: Duration) -> bool {
+        self.peers
+            .read()
+            .get(&peer)
+            .is_some_and(|p| p.current && p.heard.elapsed() < fresh)
+    }
+
     /// The term in which `peer` claims to lead `group`, from a report
     /// confirmed within `fresh`.
     pub fn claimed_term(&self, peer: NodeId, group: &GroupId, fresh: Duration) -> Option<u64> {
@@ -275,6 +284,7 @@ mod tests {
         let mut sent = Sent::default();
         sender.set_own(vec![led(0, 3), led(1, 5)]);
         receiver.incoming(2, sender.outgoing(&mut sent));
+        assert!(receiver.reported(2, fresh));
         assert_eq!(receiver.claimed_term(2, &group(0), fresh), Some(3));
         assert_eq!(receiver.claimed_term(2, &group(2), fresh), None);
         receiver.incoming(2, sender.outgoing(&mut sent));
@@ -289,6 +299,8 @@ mod tests {
             },
         );
         assert_eq!(receiver.claimed_term(2, &group(0), fresh), None);
+        assert!(!receiver.reported(2, fresh), "a version never seen whole");
+        assert!(!receiver.reported(3, fresh), "a peer never heard");
         // A stale report is no claim at all.
         receiver.incoming(2, sender.outgoing(&mut Sent::default()));
         assert_eq!(receiver.claimed_term(2, &group(0), Duration::ZERO), None);
