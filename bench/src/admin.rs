@@ -33,18 +33,34 @@ fn config(bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// Creates `name` with `partitions` partitions (replication 1) unless it
-/// exists, then waits until every partition has a leader.
-pub async fn ensure_topic(bootstrap: &str, name: &str, partitions: i32) -> Result<TopicSetup> {
+/// How the bench creates its topic.
+#[derive(Debug, Clone)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Topic configs, `(key, value)` (e.g. `min.insync.replicas`).
+    pub configs: Vec<(&'a str, &'a str)>,
+}
+
+/// Creates the topic unless it exists, then waits until every partition
+/// has a leader.
+pub async fn ensure_topic(bootstrap: &str, spec: &TopicSpec<'_>) -> Result<TopicSetup> {
+    let name = spec.name;
     let admin: AdminClient<DefaultClientContext> = config(bootstrap)
         .create()
         .context("creating the admin client")?;
     let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let mut topic = NewTopic::new(
+        name,
+        spec.partitions,
+        TopicReplication::Fixed(spec.replication_factor),
+    );
+    for (k, v) in &spec.configs {
+        topic = topic.set(k, v);
+    }
     let results = admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &opts,
-        )
+        .create_topics(&[topic], &opts)
         .await
         .with_context(|| format!("CreateTopics {name} on {bootstrap}"))?;
     let created = match results.into_iter().next() {
@@ -116,5 +132,53 @@ pub async fn delete_topic(bootstrap: &str, name: &str) -> Result<()> {
     match results.into_iter().next() {
         Some(Err((_, code))) => bail!("DeleteTopics {name}: {}", crate::error_name::of_code(code)),
         _ => Ok(()),
+    }
+}
+
+/// A partition's leader and replicas by Metadata, waiting (bounded by
+/// `wait`) until it has a leader.
+pub fn partition_leader(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    wait: Duration,
+) -> Result<(i32, Vec<i32>)> {
+    let client: BaseConsumer = config(bootstrap).create().context("metadata client")?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let md = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT.min(wait));
+        if let Ok(md) = md {
+            let found = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .and_then(|t| t.partitions().iter().find(|p| p.id() == partition));
+            if let Some(p) = found.filter(|p| p.leader() >= 0 && p.error().is_none()) {
+                return Ok((p.leader(), p.replicas().to_vec()));
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("{topic}-{partition} has no leader after {wait:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded by `wait`) until Metadata lists `count` brokers.
+pub fn await_brokers(bootstrap: &str, count: usize, wait: Duration) -> Result<usize> {
+    let client: BaseConsumer = config(bootstrap).create().context("metadata client")?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let listed = client
+            .fetch_metadata(None, REQUEST_TIMEOUT.min(wait))
+            .map(|md| md.brokers().len())
+            .unwrap_or(0);
+        if listed >= count {
+            return Ok(listed);
+        }
+        if Instant::now() >= deadline {
+            bail!("{listed} of {count} brokers listed by {bootstrap} after {wait:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

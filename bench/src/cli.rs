@@ -32,6 +32,34 @@ pub enum Command {
     /// Start a local Fjord cluster, kill -9 a partition leader again and
     /// again under a librdkafka producer, and measure each failover.
     Failover(crate::failover::FailoverArgs),
+    /// Print a partition's leader and replicas (`LEADER R1,R2,...`) by
+    /// Metadata, once it has a leader; for fault scripts.
+    Leader(LeaderArgs),
+    /// Wait until Metadata lists --count brokers.
+    Brokers(BrokersArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LeaderArgs {
+    #[arg(long)]
+    pub bootstrap: String,
+    #[arg(long)]
+    pub topic: String,
+    #[arg(long, default_value_t = 0)]
+    pub partition: i32,
+    /// Bound on waiting for a leader.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout_sec: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BrokersArgs {
+    #[arg(long)]
+    pub bootstrap: String,
+    #[arg(long)]
+    pub count: usize,
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout_sec: f64,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -53,9 +81,16 @@ pub struct RunArgs {
     /// Topic to use (default bench-<uuid>, created and deleted by the bench).
     #[arg(long)]
     pub topic: Option<String>,
-    /// Partitions of the topic when the bench creates it (replication factor 1).
+    /// Partitions of the topic when the bench creates it.
     #[arg(long, default_value_t = 1)]
     pub partitions: i32,
+    /// Replication factor of the topic when the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: i32,
+    /// Topic config KEY=VALUE when the bench creates it (e.g.
+    /// min.insync.replicas=2). Repeatable.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE")]
+    pub topic_configs: Vec<String>,
     /// Keep the topic the bench created instead of deleting it at the end.
     #[arg(long)]
     pub keep_topic: bool,
@@ -121,6 +156,14 @@ pub struct RunArgs {
     /// Bound on reading back (or draining) the topic to the end offsets.
     #[arg(long, default_value_t = 120)]
     pub verify_timeout_sec: u64,
+
+    /// Keep every acknowledgement and consumption with its offset, read the
+    /// topic back from the beginning at the end (also after an e2e run), and
+    /// check for inconsistent and non-monotonic offsets and records taken
+    /// back (see history.rs); also measures the unavailability after each
+    /// fault. For bounded runs: up to 10 million events are kept.
+    #[arg(long)]
+    pub check_offsets: bool,
 
     /// Exit 0 even if records were lost or duplicated.
     #[arg(long)]
@@ -251,6 +294,9 @@ impl RunArgs {
         if self.partitions < 1 {
             bail!("--partitions must be at least 1");
         }
+        if self.replication_factor < 1 {
+            bail!("--replication-factor must be at least 1");
+        }
         if self.producers < 1 || self.consumers < 1 {
             bail!("--producers and --consumers must be at least 1");
         }
@@ -276,7 +322,12 @@ impl RunArgs {
         if self.records == Some(0) {
             bail!("--records must be positive");
         }
-        for prop in self.producer_props.iter().chain(&self.consumer_props) {
+        for prop in self
+            .producer_props
+            .iter()
+            .chain(&self.consumer_props)
+            .chain(&self.topic_configs)
+        {
             split_prop(prop)?;
         }
         let id = uuid::Uuid::new_v4().simple().to_string();

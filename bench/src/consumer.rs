@@ -20,6 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::checker::Checker;
+use crate::history::{History, Source};
 use crate::cli::RunArgs;
 use crate::clock::now_us;
 use crate::error_name;
@@ -168,6 +169,9 @@ pub struct ConsumerSetup {
     pub membership: Membership,
     pub run_id: u64,
     pub checker: Arc<Checker>,
+    /// `--check-offsets`: what this consumer reads, as `Live` (the group)
+    /// or `Final` (the read-back).
+    pub history: Option<(Arc<History>, Source)>,
     pub live: Arc<Live>,
     pub positions: Arc<Positions>,
     pub assignment: Arc<Assignment>,
@@ -249,6 +253,12 @@ fn consume(setup: ConsumerSetup, consumer: BaseConsumer<BenchConsumerContext>) -
             continue;
         };
         setup.checker.mark_consumed(header.seq);
+        if let Some((history, source)) = &setup.history {
+            history.record(*source, header.seq, msg.partition(), msg.offset());
+            if *source == Source::Live {
+                history.consumed_at(header.sent_us, done_us);
+            }
+        }
         Live::add(&setup.live.consumed, 1);
         if timed {
             // Producing has started (this run's record exists), so `start` is set.

@@ -14,6 +14,7 @@ mod consumer;
 mod error_name;
 mod failover;
 mod faults;
+mod history;
 mod kafka_rpc;
 mod payload;
 mod process_usage;
@@ -37,6 +38,8 @@ fn main() -> ExitCode {
     let mut args = match Cli::parse().command {
         Command::Run(args) => args,
         Command::Failover(args) => return failover(args),
+        Command::Leader(args) => return leader(args),
+        Command::Brokers(args) => return brokers(args),
     };
     let stop_rule = match args.resolve() {
         Ok(rule) => rule,
@@ -84,11 +87,12 @@ fn main() -> ExitCode {
         }
         print!("{}", report.summary());
         println!("  report       {}", args.out.display());
-        if report.lost > 0 || report.duplicated > 0 {
+        if report.lost > 0 || report.duplicated > 0 || report.anomaly_total > 0 {
             eprintln!(
-                "FAILED: {} acknowledged record(s) never consumed (lost), {} consumed more than once (duplicated){}",
+                "FAILED: {} acknowledged record(s) never consumed (lost), {} consumed more than once (duplicated), {} anomalies in all{}",
                 report.lost,
                 report.duplicated,
+                report.anomaly_total.max(report.lost + report.duplicated),
                 if args.allow_loss { "; allowed by --allow-loss" } else { "" }
             );
             if !args.allow_loss {
@@ -137,6 +141,34 @@ fn failover(args: failover::FailoverArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `fjord-bench leader`: `LEADER R1,R2,...` on stdout; exit 1 without one.
+fn leader(args: cli::LeaderArgs) -> ExitCode {
+    let wait = std::time::Duration::from_secs_f64(args.timeout_sec.clamp(0.0, 3600.0));
+    match admin::partition_leader(&args.bootstrap, &args.topic, args.partition, wait) {
+        Ok((leader, replicas)) => {
+            let replicas: Vec<String> = replicas.iter().map(i32::to_string).collect();
+            println!("{leader} {}", replicas.join(","));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `fjord-bench brokers`: exit 0 once --count brokers are listed.
+fn brokers(args: cli::BrokersArgs) -> ExitCode {
+    let wait = std::time::Duration::from_secs_f64(args.timeout_sec.clamp(0.0, 3600.0));
+    match admin::await_brokers(&args.bootstrap, args.count, wait) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use rdkafka::producer::{
 use rdkafka::ClientContext;
 
 use crate::checker::Checker;
+use crate::history::{History, Source};
 use crate::cli::{Keys, RunArgs};
 use crate::clock::{self, now_us, RateSchedule, Step};
 use crate::error_name;
@@ -88,6 +89,8 @@ pub struct ProducerSetup {
     pub record_size: usize,
     pub keys: Keys,
     pub checker: Arc<Checker>,
+    /// `--check-offsets`: acknowledgements with their offsets.
+    pub history: Option<Arc<History>>,
     pub live: Arc<Live>,
     /// Set on Ctrl-C: stop sending, flush, report.
     pub stop: Arc<AtomicBool>,
@@ -151,6 +154,7 @@ struct DeliveryStats {
 struct BenchProducerContext {
     run_id: u64,
     checker: Arc<Checker>,
+    history: Option<Arc<History>>,
     live: Arc<Live>,
     room: RoomWaiter,
     stats: Mutex<DeliveryStats>,
@@ -179,6 +183,10 @@ impl ProducerContext for BenchProducerContext {
                 if let Some(h) = msg.payload().and_then(payload::decode) {
                     debug_assert_eq!(h.run_id, self.run_id);
                     self.checker.mark_acked(h.seq);
+                    if let Some(history) = &self.history {
+                        history.record(Source::Ack, h.seq, msg.partition(), msg.offset());
+                        history.acked_at(h.sent_us, done_us);
+                    }
                     if let Some(r) = stats.send_ack.as_mut() {
                         r.record(h.sent_us, done_us);
                     }
@@ -281,6 +289,7 @@ fn connect(setup: &ProducerSetup) -> Result<ThreadedProducer<BenchProducerContex
     let context = BenchProducerContext {
         run_id: setup.run_id,
         checker: setup.checker.clone(),
+        history: setup.history.clone(),
         live: setup.live.clone(),
         room: RoomWaiter::default(),
         stats: Mutex::new(DeliveryStats::default()),

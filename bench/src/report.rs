@@ -31,6 +31,9 @@ pub struct Report {
     pub broker: Broker,
     pub faults: Vec<FaultEvent>,
     pub extra: serde_json::Value,
+    /// `--check-offsets`: the anomalies that fail the run (in "extra").
+    #[serde(skip)]
+    pub anomaly_total: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,6 +136,43 @@ impl Report {
                 s,
                 "  fault        t={:.2} s exit {}: {}",
                 f.t, f.exit_code, f.command
+            );
+        }
+        let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |v| format!("{v:.0} ms"));
+        for m in self.extra["fault_marks"].as_array().into_iter().flatten() {
+            let line = if m["kind"] == "fault" {
+                format!(
+                    "  @{:<8.2}    {}: first ack after {}, first consumed after {}",
+                    m["t"].as_f64().unwrap_or(0.0),
+                    m["what"].as_str().unwrap_or(""),
+                    ms(&m["first_ack_ms"]),
+                    ms(&m["first_consumed_ms"]),
+                )
+            } else {
+                format!(
+                    "  @{:<8.2}    {}",
+                    m["t"].as_f64().unwrap_or(0.0),
+                    m["what"].as_str().unwrap_or("")
+                )
+            };
+            let _ = writeln!(s, "{line}");
+        }
+        let a = &self.extra["anomalies"];
+        if a.is_object() {
+            let n = |k: &str| a[k].as_u64().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "  anomalies    lost {}, unseen {}, duplicated {}, inconsistent offsets {}, non-monotonic offsets {}, taken back {} (redelivered to the group: {}; final read {} of {} acknowledged{})",
+                n("lost"),
+                n("unseen"),
+                n("duplicated"),
+                n("inconsistent_offsets"),
+                n("nonmonotonic_offsets"),
+                n("taken_back"),
+                n("redelivered"),
+                n("final_read"),
+                n("acknowledged"),
+                if a["complete_history"] == false { "; history truncated" } else { "" },
             );
         }
         s

@@ -30,6 +30,7 @@ use crate::consumer::{
     self, Assignment, ConsumerOutcome, ConsumerSetup, Membership, Positions, RunStart,
 };
 use crate::faults::{self, FaultEnv, FaultRunner};
+use crate::history::{Anomalies, History, Source};
 use crate::process_usage::Sampler;
 use crate::producer::{self, Pace, ProducerOutcome, ProducerSetup, Start};
 use crate::progress::{Plan, Progress};
@@ -55,7 +56,18 @@ pub async fn run(args: RunArgs, stop_rule: StopRule, interrupts: &Interrupts) ->
         )?,
         None => Vec::new(),
     };
-    let topic = admin::ensure_topic(&args.bootstrap, args.topic(), args.partitions).await?;
+    let configs = args
+        .topic_configs
+        .iter()
+        .map(|c| crate::cli::split_prop(c))
+        .collect::<Result<Vec<_>>>()?;
+    let spec = admin::TopicSpec {
+        name: args.topic(),
+        partitions: args.partitions,
+        replication_factor: args.replication_factor,
+        configs,
+    };
+    let topic = admin::ensure_topic(&args.bootstrap, &spec).await?;
     if !topic.created {
         eprintln!(
             "using the existing topic {} ({} partitions)",
@@ -88,6 +100,16 @@ async fn run_on_topic(
 ) -> Result<Report> {
     let run_id = uuid::Uuid::new_v4().as_u64_pair().0;
     let checker = Arc::new(Checker::default());
+    let history = args.check_offsets.then(|| {
+        // Sends are indexed up to the planned end, with room to spare.
+        let planned_sec = match (stop_rule.seconds, stop_rule.records, args.rate) {
+            (Some(s), _, _) => s,
+            (None, Some(n), Some(rate)) => n as f64 / rate,
+            _ => 3600.0,
+        };
+        let horizon_sec = (planned_sec + 900.0).min(86_400.0);
+        Arc::new(History::new(now_us() + (horizon_sec * 1e6) as u64))
+    });
     let live = Arc::new(Live::default());
     let positions = Arc::new(Positions::new(topic.partitions));
     let run_start: Arc<OnceLock<RunStart>> = Arc::new(OnceLock::new());
@@ -104,13 +126,14 @@ async fn run_on_topic(
         .map(|m| consumer::client_config(args, m))
         .unwrap_or_default();
     // What every consumer of this run shares; the rest is per consumer.
-    let consumer_setup = |index, config, membership, stop| ConsumerSetup {
+    let consumer_setup = |index, config, membership, stop, source| ConsumerSetup {
         index,
         config,
         topic: topic.name.clone(),
         membership,
         run_id,
         checker: checker.clone(),
+        history: history.clone().map(|h| (h, source)),
         live: live.clone(),
         positions: positions.clone(),
         assignment: assignment.clone(),
@@ -125,6 +148,7 @@ async fn run_on_topic(
                 consumer_config.clone(),
                 membership.clone(),
                 consumers_stop.clone(),
+                Source::Live,
             ))?);
         }
         let deadline = now_us() + args.assign_timeout_sec * 1_000_000;
@@ -162,6 +186,7 @@ async fn run_on_topic(
             record_size: args.record_size,
             keys: args.keys,
             checker: checker.clone(),
+            history: history.clone(),
             live: live.clone(),
             stop: interrupts.stop_producing.clone(),
         };
@@ -195,6 +220,7 @@ async fn run_on_topic(
 
     // Phase 4: t0.
     let t0_us = now_us();
+    let t0_unix_us = unix_us();
     let warmup_end_us = t0_us + (args.warmup_sec * 1e6) as u64;
     run_start
         .set(RunStart {
@@ -275,25 +301,51 @@ async fn run_on_topic(
     let usage = sampler.finish();
     let (fault_details, faults_not_run) = faults.finish().await;
 
-    // Phase 6: read back what the producers wrote.
-    if group.is_none() {
+    // Phase 6: read back what the producers wrote (throughput and rate),
+    // and with --check-offsets also after an e2e run: every partition from
+    // the beginning, now that the faults have healed, up to the end offsets
+    // taken now.
+    let mut final_read_complete = false;
+    if group.is_none() || history.is_some() {
         eprintln!("reading the topic back to check for lost and duplicated records ...");
         let membership = Membership::ReadBack {
             partitions: topic.partitions,
         };
         let readback_stop = Arc::new(AtomicBool::new(false));
         let config = consumer::client_config(args, &membership);
-        let thread = spawn_consumer(consumer_setup(0, config, membership, readback_stop.clone()))?;
-        verification_complete = drain(
-            &positions,
-            end_offsets.as_deref(),
+        let mut setup = consumer_setup(
+            0,
+            config,
+            membership,
+            readback_stop.clone(),
+            Source::Final,
+        );
+        let final_ends = if group.is_some() {
+            // The group's consumption is checked by the live checker; this
+            // read is counted by the history alone.
+            setup.checker = Arc::new(Checker::default());
+            setup.positions = Arc::new(Positions::new(topic.partitions));
+            end_offsets_after_faults(args, topic).await
+        } else {
+            end_offsets.clone()
+        };
+        let readback_positions = setup.positions.clone();
+        let thread = spawn_consumer(setup)?;
+        let complete = drain(
+            &readback_positions,
+            final_ends.as_deref(),
             args,
             &interrupts.stop_verifying,
             &|| thread.is_finished(),
         )
         .await;
         readback_stop.store(true, Ordering::Relaxed);
-        consumed_outcomes.push(join(thread).await??);
+        let outcome = join(thread).await??;
+        final_read_complete = complete;
+        if group.is_none() {
+            verification_complete = complete;
+            consumed_outcomes.push(outcome);
+        }
     }
     let verify_sec = secs(now_us() - verify_start_us);
 
@@ -329,6 +381,10 @@ async fn run_on_topic(
         }
     }
     let verdict = checker.verdict();
+    let marks = fault_marks(&fault_details, t0_us, t0_unix_us, history.as_deref());
+    let anomalies = history
+        .as_ref()
+        .map(|h| h.anomalies(args.producers as u64, final_read_complete));
     let measured_end_us = send_ack.last_done_us().unwrap_or(produce_end_us);
     let duration_sec = secs(measured_end_us.saturating_sub(warmup_end_us)).max(1e-6);
     let records_per_sec = send_ack.measured_count() as f64 / duration_sec;
@@ -400,7 +456,16 @@ async fn run_on_topic(
         "fault_details": fault_details,
         "faults_not_run": faults_not_run.iter().map(|s| json!({"at_sec": s.at_sec, "command": s.command})).collect::<Vec<_>>(),
         "interrupted": interrupts.stop_producing.load(Ordering::Relaxed),
+        "fault_marks": marks,
+        "anomalies": anomalies,
     });
+    // With a history, its final read decides lost and duplicated; the live
+    // group's re-deliveries are at-least-once, not duplicates in the log.
+    let (lost, duplicated) = match &anomalies {
+        Some(a) => (a.lost, a.duplicated),
+        None => (verdict.lost, verdict.duplicated),
+    };
+    let anomaly_total = anomalies.as_ref().map_or(0, Anomalies::total);
 
     Ok(Report {
         label: args.label.clone(),
@@ -412,8 +477,8 @@ async fn run_on_topic(
         acked,
         errors,
         consumed: verdict.consumed,
-        lost: verdict.lost,
-        duplicated: verdict.duplicated,
+        lost,
+        duplicated,
         throughput: Throughput {
             records_per_sec,
             mb_per_sec: records_per_sec * args.record_size as f64 / MIB,
@@ -430,7 +495,78 @@ async fn run_on_topic(
         },
         faults: fault_details.iter().map(|d| d.event.clone()).collect(),
         extra,
+        anomaly_total,
     })
+}
+
+/// A fault script's `@fault UNIX_US WHAT` / `@heal UNIX_US WHAT` line, on
+/// the run's time axis, with (for a fault) how long until a record sent
+/// after it was acknowledged and consumed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FaultMark {
+    pub t: f64,
+    pub kind: String,
+    pub what: String,
+    pub first_ack_ms: Option<f64>,
+    pub first_consumed_ms: Option<f64>,
+}
+
+fn fault_marks(
+    details: &[faults::FaultDetail],
+    t0_us: u64,
+    t0_unix_us: u64,
+    history: Option<&History>,
+) -> Vec<FaultMark> {
+    let mut marks: Vec<FaultMark> = details
+        .iter()
+        .flat_map(|d| d.output.lines())
+        .filter_map(|line| {
+            let (kind, rest) = line.strip_prefix('@')?.split_once(' ')?;
+            if kind != "fault" && kind != "heal" {
+                return None;
+            }
+            let (at, what) = rest.split_once(' ').unwrap_or((rest, ""));
+            let at_unix_us: u64 = at.parse().ok()?;
+            let rel_us = at_unix_us as i64 - t0_unix_us as i64;
+            let at_us = (t0_us as i64 + rel_us).max(0) as u64;
+            let (ack, consumed) = match (kind, history) {
+                ("fault", Some(h)) => h.first_after(at_us),
+                _ => (None, None),
+            };
+            let ms = |t: Option<u64>| t.map(|t| t.saturating_sub(at_us) as f64 / 1e3);
+            Some(FaultMark {
+                t: rel_us as f64 / 1e6,
+                kind: kind.to_string(),
+                what: what.to_string(),
+                first_ack_ms: ms(ack),
+                first_consumed_ms: ms(consumed),
+            })
+        })
+        .collect();
+    marks.sort_by(|a, b| a.t.total_cmp(&b.t));
+    marks
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// End offsets for the final read, once the faults have healed: retried
+/// (bounded) while the cluster is still electing.
+async fn end_offsets_after_faults(args: &RunArgs, topic: &TopicSetup) -> Option<Vec<i64>> {
+    let deadline = now_us() + args.verify_timeout_sec * 1_000_000;
+    loop {
+        if let Some(ends) = end_offsets(args, topic).await {
+            return Some(ends);
+        }
+        if now_us() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn spawn_consumer(setup: ConsumerSetup) -> Result<JoinHandle<Result<ConsumerOutcome>>> {
