@@ -829,7 +829,25 @@ impl Broker {
             && reached.len() * 2 > replicas.len()
             && reached.iter().all(|&r| self.metadata.has_reported(r)))
         .then(|| reached.iter().copied().min())
-        .flatten();
+        .flatten()
+        .or_else(|| {
+            // This node reaches none of the other replicas (it is the one
+            // cut off) while clients reach it: it names the replica first
+            // in the others' election line, so that a client that only
+            // asks this node tries that one instead of waiting here.
+            let others: Vec<i32> = replicas
+                .iter()
+                .copied()
+                .filter(|&r| r != self.config.node_id)
+                .collect();
+            (leader.is_none()
+                && !local_offline
+                && replicas.contains(&self.config.node_id)
+                && !others.is_empty()
+                && reached.iter().all(|&r| r == self.config.node_id))
+            .then(|| others.iter().copied().min())
+            .flatten()
+        });
         PartitionView {
             leader,
             electing,

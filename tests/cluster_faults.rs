@@ -4,7 +4,10 @@
 //!   -9 five times and restarted: every acknowledged record reads back
 //!   exactly once, in order, and no offset holds two records;
 //! - a leader paused with SIGSTOP (holding a batch it appended but never
-//!   committed: its followers were frozen, then killed) while the others
+//!   committed: its followers were frozen, then killed; an acks=all batch
+//!   sent meanwhile is refused with NOT_LEADER_OR_FOLLOWER, not left to
+//!   time out, and to clients it names another leader, lists every broker
+//!   and refuses fetches) while the others
 //!   come back and elect a new leader: after SIGCONT it serves nothing
 //!   uncommitted, follows the new leader, and nothing committed is lost;
 //! - a consumer group of two librdkafka consumers keeps consuming and
@@ -298,10 +301,45 @@ async fn a_paused_leader_serves_nothing_uncommitted_and_loses_nothing_committed(
             code == 0,
             "acks=1 to the leader while its followers were frozen: error {code}"
         );
+
         let (_, hw, _) = fetch_values(&mut to_old, &topic).await?;
         ensure!(
             hw <= doomed_at,
             "high watermark {hw} covers the uncommitted batch at {doomed_at}"
+        );        // An acks=all batch it takes now waits for a commit that cannot
+        // come: once the leader misses its followers, it answers
+        // NOT_LEADER_OR_FOLLOWER (as Kafka answers a produce whose leader
+        // lost its standing) well within the request's timeout, so the
+        // client looks for the new leader instead of waiting it out.
+        let (code, _) = produce_tagged(&mut to_old, &topic, "doomed-all", 5, -1).await?;
+        ensure!(
+            code == kafka_protocol::error::ResponseError::NotLeaderOrFollower.code(),
+            "acks=all to a leader cut off from its followers: error {code}, not NOT_LEADER_OR_FOLLOWER"
+        );
+        // To clients that still reach it, the cut-off leader lists every
+        // broker and names another replica (the first the others may
+        // elect), and refuses fetches: a client that asks this node alone
+        // goes looking for the new leader instead of waiting here.
+        let not_leader = kafka_protocol::error::ResponseError::NotLeaderOrFollower.code();
+        let md = common::cluster::topic_metadata(&mut to_old, &topic).await?;
+        let listed: BTreeSet<i32> = md.brokers.iter().map(|b| b.node_id.0).collect();
+        ensure!(
+            listed.len() == NODES,
+            "the cut-off leader lists brokers {listed:?}"
+        );
+        let named = md
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map(|p| p.leader_id.0);
+        ensure!(
+            named.is_some_and(|l| l > 0 && l != old),
+            "the cut-off leader names {named:?} as the leader"
+        );
+        let (code, _, _) = fetch_values(&mut to_old, &topic).await?;
+        ensure!(
+            code == not_leader,
+            "the cut-off leader answered a fetch with error {code}"
         );
         for &f in &followers {
             nodes[f as usize - 1].kill9()?;

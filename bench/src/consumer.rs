@@ -20,10 +20,10 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::checker::Checker;
-use crate::history::{History, Source};
 use crate::cli::RunArgs;
 use crate::clock::now_us;
 use crate::error_name;
+use crate::history::{History, Source};
 use crate::payload;
 use crate::stats::{LatencyRecorder, Live, SecondCounter};
 

@@ -175,10 +175,7 @@ impl History {
             *in_live.entry(e.seq).or_default() += 1;
         }
         let acked: HashSet<u64> = acks.iter().map(|e| e.seq).collect();
-        let missing = acked
-            .iter()
-            .filter(|s| !in_final.contains_key(s))
-            .count() as u64;
+        let missing = acked.iter().filter(|s| !in_final.contains_key(s)).count() as u64;
         let taken_back = if final_read_complete {
             in_live.keys().filter(|s| !in_final.contains_key(s)).count() as u64
         } else {

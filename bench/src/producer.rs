@@ -23,10 +23,10 @@ use rdkafka::producer::{
 use rdkafka::ClientContext;
 
 use crate::checker::Checker;
-use crate::history::{History, Source};
 use crate::cli::{Keys, RunArgs};
 use crate::clock::{self, now_us, RateSchedule, Step};
 use crate::error_name;
+use crate::history::{History, Source};
 use crate::payload::{self, Header, ValueBuilder};
 use crate::stats::{LatencyRecorder, Live, SecondCounter};
 

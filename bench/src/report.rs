@@ -138,7 +138,8 @@ impl Report {
                 f.t, f.exit_code, f.command
             );
         }
-        let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |v| format!("{v:.0} ms"));
+        let ms =
+            |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |v| format!("{v:.0} ms"));
         for m in self.extra["fault_marks"].as_array().into_iter().flatten() {
             let line = if m["kind"] == "fault" {
                 format!(

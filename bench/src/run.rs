@@ -313,13 +313,7 @@ async fn run_on_topic(
         };
         let readback_stop = Arc::new(AtomicBool::new(false));
         let config = consumer::client_config(args, &membership);
-        let mut setup = consumer_setup(
-            0,
-            config,
-            membership,
-            readback_stop.clone(),
-            Source::Final,
-        );
+        let mut setup = consumer_setup(0, config, membership, readback_stop.clone(), Source::Final);
         let final_ends = if group.is_some() {
             // The group's consumption is checked by the live checker; this
             // read is counted by the history alone.

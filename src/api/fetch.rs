@@ -219,6 +219,12 @@ fn read_pass(slots: &[Slot], max_bytes: usize) -> Vec<Answer> {
                 Ok(epoch) => epoch,
                 Err(_) => return error_answer(ResponseError::NotLeaderOrFollower),
             };
+            // A leader cut off from its followers (or superseded) has
+            // nothing new to give; refusing sends the consumer to look for
+            // the leader the others elected instead of polling here.
+            if !partition.has_standing() {
+                return error_answer(ResponseError::NotLeaderOrFollower);
+            }
             if slot.current_leader_epoch >= 0 {
                 if slot.current_leader_epoch < epoch {
                     answer.error = Some(ResponseError::FencedLeaderEpoch);

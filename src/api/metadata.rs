@@ -28,7 +28,7 @@ pub async fn handle(
     let mut response = MetadataResponse::default();
     response.brokers = broker
         .metadata
-        .alive_brokers()
+        .listed_brokers()
         .into_iter()
         .map(|b| {
             let mut node = MetadataResponseBroker::default();

@@ -195,7 +195,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
             }
         }
         match tokio::time::timeout_at(deadline, group.submit(validated, now)).await {
-            Ok(Ok(p)) => pending.push((index, p)),
+            Ok(Ok(p)) => pending.push((index, p, group)),
             Ok(Err(e)) => work[index].result = Some(Err(produce_error(e))),
             Err(_) => work[index].result = Some(Err(timed_out())),
         }
@@ -203,7 +203,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
 
     if acks == 0 {
         // Nobody waits for the answer; the appends go on without it.
-        for (_, p) in pending {
+        for (_, p, _) in pending {
             tokio::spawn(p.appended());
         }
         // Kafka closes the connection when an acks=0 produce fails, the only
@@ -223,11 +223,17 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
     }
     let broker = broker.clone();
     Outcome::Later(Box::pin(async move {
-        let waits = pending.into_iter().map(|(index, p)| async move {
+        let waits = pending.into_iter().map(|(index, p, group)| async move {
             let outcome = if acks == 1 {
                 tokio::time::timeout_at(deadline, p.appended()).await
             } else {
-                tokio::time::timeout_at(deadline, p.committed()).await
+                tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        committed = p.committed() => committed,
+                        lost = group.lost_standing() => Err(lost),
+                    }
+                })
+                .await
             };
             let result = match outcome {
                 Err(_) => Err(timed_out()),

@@ -457,6 +457,21 @@ impl ClusterMetadata {
         })
     }
 
+    /// The brokers Metadata lists: the alive ones, or every registered one
+    /// when this node hears none of its peers. A node cut off from the
+    /// others by a network partition, while clients still reach it, would
+    /// otherwise list itself alone: librdkafka then forgets the other
+    /// brokers, and with them the leader the others elected, until the
+    /// partition heals. (If the peers are down instead, a client that
+    /// tries one meets a refused connection and asks again.)
+    pub fn listed_brokers(&self) -> Vec<BrokerRegistration> {
+        let alive = self.alive_brokers();
+        if alive.iter().any(|b| b.id != self.node_id) {
+            return alive;
+        }
+        self.read(|s| s.brokers.values().cloned().collect())
+    }
+
     /// Whether a broker is registered and alive.
     pub fn is_alive(&self, broker: i32) -> bool {
         broker == self.node_id

@@ -261,6 +261,10 @@ pub enum ProduceError {
     Raft(String),
 }
 
+/// How often an acks=all produce waiting for its commit checks that its
+/// leader can still commit ([`PartitionGroup::lost_standing`]).
+const STANDING_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Most produce entries one group holds proposed but not yet committed
 /// (acks=1 answers before the commit; this bounds what they leave behind).
 pub const UNCOMMITTED_PRODUCES_MAX: usize = 4096;
@@ -785,6 +789,39 @@ impl PartitionGroup {
         }
         self.may_write(leadership.term)
             .map_err(ProduceError::NotLeader)
+    }
+
+    /// Whether this node leads the group and may still commit in its term
+    /// (see [`may_write`](Self::may_write)): a leader cut off from its
+    /// followers, or superseded, has lost its standing.
+    pub fn has_standing(&self) -> bool {
+        let leadership = self.leadership();
+        leadership.is_me && self.may_write(leadership.term).is_ok()
+    }
+
+    /// Resolves once this node can no longer commit as the group's leader:
+    /// another node leads, a peer claims a later term, or it no longer
+    /// reaches a majority (paused peers, a network partition; see
+    /// [`may_write`](Self::may_write)). An acks=all produce waiting for its
+    /// commit is then answered NOT_LEADER_OR_FOLLOWER, as Kafka answers a
+    /// delayed produce whose leader lost its standing, so that the client
+    /// looks for the new leader instead of waiting out its request timeout.
+    /// The batch may still be committed by a later leader that holds it
+    /// (an idempotent producer's retry is then answered from its
+    /// sequence). Checked every [`STANDING_CHECK_INTERVAL`].
+    pub async fn lost_standing(&self) -> ProduceError {
+        let mut tick = tokio::time::interval(STANDING_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let leadership = self.leadership();
+            if !leadership.is_me {
+                return ProduceError::NotLeader(leadership.leader);
+            }
+            if let Err(leader) = self.may_write(leadership.term) {
+                return ProduceError::NotLeader(leader);
+            }
+        }
     }
 
     /// Hands a producer's validated batches to the group's Raft; this node

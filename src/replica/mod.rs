@@ -277,6 +277,12 @@ impl Partition {
         }
     }
 
+    /// Whether this replica leads and may still commit (not cut off from
+    /// its followers, not superseded); see `PartitionGroup::has_standing`.
+    pub fn has_standing(&self) -> bool {
+        self.group().is_some_and(|g| g.has_standing())
+    }
+
     /// Kafka's OffsetForLeaderEpoch answer for `epoch` from this replica.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         self.group()
