@@ -35,7 +35,6 @@ import argparse
 import datetime
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -60,6 +59,8 @@ RUN_SLACK_S = 300
 # Named schedules: (name, description, [(at_sec, fault command)]).
 # The fault starts at 10 s; faults last FAULT_S.
 FAULT_S = 10
+# Producing time of the rolling-restart schedule (at least).
+ROLLING_RESTART_SEC = 90
 
 
 def schedules(fault_s: int) -> list[tuple[str, str, list[tuple[float, str]]]]:
@@ -72,7 +73,7 @@ def schedules(fault_s: int) -> list[tuple[str, str, list[tuple[float, str]]]]:
          [(10, f"pause-leader {fault_s}")]),
         ("isolate-leader", f"cut the leader off from the other nodes at 10 s for {fault_s} s (iptables on loopback; clients still reach it)",
          [(10, f"isolate-leader {fault_s}")]),
-        ("rolling-restart", "SIGTERM, restart and wait for node 1, 2, 3 in turn from 10 s, 5 s apart",
+        ("rolling-restart", f"SIGTERM, restart and wait for node 1, 2, 3 in turn from 10 s, 5 s apart (this run lasts {ROLLING_RESTART_SEC} s or more)",
          [(10, "rolling-restart 5")]),
         ("leader-and-follower", f"the seeds' shape: kill -9 the leader at 10 s and a follower at {10 + 2 * fault_s} s, each restarted {fault_s} s later",
          [(10, f"kill-leader {fault_s}"), (10 + 2 * fault_s, f"kill-follower {fault_s}")]),
@@ -170,6 +171,10 @@ def bench(cluster: Cluster, out: Path, args: list[str], log: Log, timeout: float
            "--no-progress", "--replication-factor", "3", "--topic-config", "min.insync.replicas=2"]
     cmd += [a for pid in cluster.pids() for a in ("--broker-pid", str(pid))]
     cmd += args
+    return run_bench(cluster, cmd, out, log, timeout, env)
+
+
+def run_bench(cluster: Cluster, cmd: list[str], out: Path, log: Log, timeout: float, env: dict | None = None) -> dict | None:
     log("  $ " + " ".join(cmd[1:]))
     full_env = dict(os.environ, BENCH_CLUSTER=cluster.env_spec, FJORD_BENCH_BIN=str(BENCH_BIN), **(env or {}))
     with (out.with_suffix(".log")).open("w") as f:
@@ -221,17 +226,15 @@ def fault_run(cluster: Cluster, outdir: Path, log: Log, name: str, steps: list[t
 
 
 def soak(cluster: Cluster, outdir: Path, log: Log, minutes: float, rps: float, seed: int) -> dict | None:
-    rng = random.Random(seed)
-    kinds = ["kill-leader", "kill-follower", "pause-leader", "isolate-leader"]
-    steps, t = [], 10.0
-    end = minutes * 60
-    while t + 25 < end:
-        kind = rng.choice(kinds)
-        down = rng.randint(2, 8)
-        steps.append((t, f"{kind} {down}"))
-        t += down + rng.randint(8, 20)
-    log(f"soak: {len(steps)} faults over {minutes:g} min (seed {seed})")
-    return fault_run(cluster, outdir, log, "soak", steps, rps, end)
+    """`fjord-bench soak`: random faults for `minutes`, drawn from `seed`."""
+    out = outdir / f"{cluster.name}-soak.json"
+    cmd = [str(BENCH_BIN), "soak", "--bootstrap", cluster.bootstrap, "--cluster", cluster.env_spec,
+           "--minutes", f"{minutes:g}", "--rate", f"{rps:.0f}", "--seed", str(seed), "--fault-script", str(FAULT),
+           "--label", cluster.name, "--out", str(out)]
+    d = run_bench(cluster, cmd, out, log, minutes * 60 + 2 * RUN_SLACK_S)
+    cluster.heal()
+    cluster.ensure_up()
+    return d
 
 
 # --- report -----------------------------------------------------------------
@@ -484,7 +487,10 @@ def main() -> int:
                     log(f"== {TITLES[sysname]}: {name} ({desc})")
                     # The high-water marks of the nodes a fault run may replace.
                     peak += cluster.rss_kib()
-                    res[sysname]["faults"][name] = fault_run(cluster, runs, log, name, steps, rps, duration)
+                    # Three restarts, each waiting for its node (Kafka's take
+                    # 15 s or more): the run lasts until the last is back.
+                    run_for = max(duration, ROLLING_RESTART_SEC) if name == "rolling-restart" else duration
+                    res[sysname]["faults"][name] = fault_run(cluster, runs, log, name, steps, rps, run_for)
             peak += cluster.rss_kib()
             # VmHWM of every node process the benchmark ran (a restarted
             # node is a new process with its own).

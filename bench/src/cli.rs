@@ -37,6 +37,9 @@ pub enum Command {
     Leader(LeaderArgs),
     /// Wait until Metadata lists --count brokers.
     Brokers(BrokersArgs),
+    /// Random faults (bench/fault) against a running three-node cluster
+    /// for --minutes, under one e2e run with the history checker.
+    Soak(crate::soak::SoakArgs),
 }
 
 #[derive(Args, Debug, Clone)]

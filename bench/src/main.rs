@@ -22,6 +22,7 @@ mod producer;
 mod progress;
 mod report;
 mod run;
+mod soak;
 mod stats;
 
 use std::process::ExitCode;
@@ -40,6 +41,13 @@ fn main() -> ExitCode {
         Command::Failover(args) => return failover(args),
         Command::Leader(args) => return leader(args),
         Command::Brokers(args) => return brokers(args),
+        Command::Soak(soak) => match soak_run(&soak) {
+            Ok(args) => args,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let stop_rule = match args.resolve() {
         Ok(rule) => rule,
@@ -141,6 +149,16 @@ fn failover(args: failover::FailoverArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// The `run` a soak is: its arguments, its schedule beside the report.
+fn soak_run(soak: &soak::SoakArgs) -> anyhow::Result<Box<cli::RunArgs>> {
+    let schedule = soak.out.with_extension("schedule");
+    let (argv, _seed) = soak::plan(soak, &schedule)?;
+    match Cli::try_parse_from(argv)?.command {
+        Command::Run(args) => Ok(args),
+        _ => anyhow::bail!("a soak is a run"),
     }
 }
 
