@@ -110,12 +110,25 @@ impl Assignment {
 }
 
 struct BenchConsumerContext {
+    /// `--consumer-prop debug=...` was given: librdkafka's log lines go to
+    /// stderr (otherwise they are dropped).
+    debug: bool,
     index: usize,
     assignment: Arc<Assignment>,
     client_errors: Mutex<BTreeMap<String, u64>>,
 }
 
 impl ClientContext for BenchConsumerContext {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if self.debug {
+            eprintln!(
+                "{} rdkafka consumer-{} {fac}: {message}",
+                crate::failover::wall_clock(),
+                self.index
+            );
+        }
+    }
+
     fn error(&self, error: KafkaError, _reason: &str) {
         let mut errors = self.client_errors.lock().expect("errors lock");
         *errors.entry(error_name::of(&error)).or_default() += 1;
@@ -204,7 +217,12 @@ fn connect(setup: &ConsumerSetup) -> Result<BaseConsumer<BenchConsumerContext>> 
     for (k, v) in &setup.config {
         config.set(k, v);
     }
+    if setup.config.iter().any(|(k, _)| k == "debug") {
+        // rust-rdkafka passes the `log` crate's level on, which is off here.
+        config.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
     let context = BenchConsumerContext {
+        debug: setup.config.iter().any(|(k, _)| k == "debug"),
         index: setup.index,
         assignment: setup.assignment.clone(),
         client_errors: Mutex::default(),

@@ -220,7 +220,7 @@ fn leader_and_isr(metadata: &BaseConsumer) -> Option<(i32, usize)> {
 }
 
 /// Seconds since the Unix epoch, to match the nodes' log lines.
-fn wall_clock() -> String {
+pub fn wall_clock() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

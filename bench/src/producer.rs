@@ -152,6 +152,9 @@ struct DeliveryStats {
 
 /// Runs on the producer's polling thread: checks off and times each delivery.
 struct BenchProducerContext {
+    /// `--producer-prop debug=...` was given: librdkafka's log lines go to
+    /// stderr (otherwise they are dropped, like the client errors).
+    debug: bool,
     run_id: u64,
     checker: Arc<Checker>,
     history: Option<Arc<History>>,
@@ -163,6 +166,12 @@ struct BenchProducerContext {
 impl ClientContext for BenchProducerContext {
     /// Client-level errors (a broker connection going down) are counted, not
     /// logged: under a fault schedule there are many and they are expected.
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if self.debug {
+            eprintln!("{} rdkafka {fac}: {message}", crate::failover::wall_clock());
+        }
+    }
+
     fn error(&self, error: KafkaError, _reason: &str) {
         let mut stats = self.stats.lock().expect("stats lock");
         *stats
@@ -286,7 +295,12 @@ fn connect(setup: &ProducerSetup) -> Result<ThreadedProducer<BenchProducerContex
     for (k, v) in &setup.config {
         config.set(k, v);
     }
+    if setup.config.iter().any(|(k, _)| k == "debug") {
+        // rust-rdkafka passes the `log` crate's level on, which is off here.
+        config.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
     let context = BenchProducerContext {
+        debug: setup.config.iter().any(|(k, _)| k == "debug"),
         run_id: setup.run_id,
         checker: setup.checker.clone(),
         history: setup.history.clone(),
