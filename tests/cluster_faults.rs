@@ -37,7 +37,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::cluster::{
-    await_brokers, await_leaders, coordinator, keep_logs_on_error, leaders, CONVERGE_WAIT_MAX,
+    await_brokers, await_leaders, coordinator, keep_logs_on_error, leaders, listed_brokers,
+    CONVERGE_WAIT_MAX,
 };
 use common::kafka_rpc::{admin, KafkaConnection};
 use common::produce_stream::ProduceStream;
@@ -119,11 +120,23 @@ async fn an_idempotent_stream_loses_and_duplicates_nothing_through_five_leader_k
             let victim = led.get(&partition).context("partition")?.0;
             ensure!(victim >= 1, "partition {partition} has no leader: {led:?}");
             nodes[victim as usize - 1].kill9()?;
+            let killed_at = Instant::now();
             // The stream goes on: other nodes take over its partitions.
             let acked = stream.acked();
             stream
                 .wait_acked(acked + PROGRESS, CONVERGE_WAIT_MAX)
                 .await?;
+            // As Kafka does until a broker's session times out, the
+            // survivors still list the killed broker (librdkafka would
+            // otherwise decommission it while moving its partitions, and
+            // park them until its next metadata scan).
+            let survivor = if victim == 1 { 2 } else { 1 };
+            let listed = listed_brokers(&bootstraps[survivor - 1]).await?;
+            ensure!(
+                killed_at.elapsed() >= Duration::from_secs(8) || listed.contains(&victim),
+                "node {survivor} stopped listing killed node {victim} after {:?}: {listed:?}",
+                killed_at.elapsed()
+            );
             nodes[victim as usize - 1].spawn_again()?;
             nodes[victim as usize - 1].wait_ready()?;
             await_leaders(&bootstraps[victim as usize - 1], &topic, PARTITIONS, &all).await?;

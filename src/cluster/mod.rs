@@ -58,6 +58,10 @@ const LEGACY_PRODUCER_ID_FILE: &str = "producer-id-block";
 /// How long one metadata change may take to commit and apply here before
 /// the request fails with REQUEST_TIMED_OUT.
 const CHANGE_WAIT_MAX: Duration = Duration::from_secs(15);
+/// How long Metadata keeps listing a broker after it was last heard:
+/// Kafka's `broker.session.timeout.ms` default (see
+/// [`ClusterMetadata::listed_brokers`]).
+const LISTED_AFTER_LAST_HEARD: Duration = Duration::from_secs(9);
 /// While a node waits for the metadata quorum at startup, it tries (and
 /// says it is waiting) this often.
 const JOIN_ATTEMPT_WAIT: Duration = Duration::from_secs(2);
@@ -457,19 +461,40 @@ impl ClusterMetadata {
         })
     }
 
-    /// The brokers Metadata lists: the alive ones, or every registered one
-    /// when this node hears none of its peers. A node cut off from the
-    /// others by a network partition, while clients still reach it, would
-    /// otherwise list itself alone: librdkafka then forgets the other
-    /// brokers, and with them the leader the others elected, until the
-    /// partition heals. (If the peers are down instead, a client that
-    /// tries one meets a refused connection and asks again.)
+    /// The brokers Metadata lists: the ones heard within
+    /// [`LISTED_AFTER_LAST_HEARD`], or every registered one when this node
+    /// hears none of its peers.
+    ///
+    /// Kafka lists a killed broker until its session times out (9 s by
+    /// default), and clients rely on it: librdkafka, seeing a broker vanish
+    /// from the same Metadata response that moves a partition off it,
+    /// decommissions the broker and, racing its own migration, parks the
+    /// partition on its internal broker until its next one-second metadata
+    /// scan (a consumer's first record after a leader kill came ~1.9 s
+    /// late that way). A node cut off from the others by a network
+    /// partition, while clients still reach it, would otherwise list
+    /// itself alone, and librdkafka would forget the leader the others
+    /// elected until the partition heals. (If the peers are down instead,
+    /// a client that tries one meets a refused connection and asks again.)
     pub fn listed_brokers(&self) -> Vec<BrokerRegistration> {
+        let me = self.node_id;
+        let liveness = self.transport.liveness();
         let alive = self.alive_brokers();
-        if alive.iter().any(|b| b.id != self.node_id) {
-            return alive;
+        if !alive.iter().any(|b| b.id != me) {
+            return self.read(|s| s.brokers.values().cloned().collect());
         }
-        self.read(|s| s.brokers.values().cloned().collect())
+        self.read(|s| {
+            s.brokers
+                .values()
+                .filter(|b| {
+                    b.id == me
+                        || liveness
+                            .last_heard(b.id as NodeId)
+                            .is_some_and(|at| at.elapsed() < LISTED_AFTER_LAST_HEARD)
+                })
+                .cloned()
+                .collect()
+        })
     }
 
     /// Whether a broker is registered and alive.

@@ -101,18 +101,20 @@ pub async fn await_leaders(
 /// Waits until each of `bootstraps` lists every broker of `ids` in its
 /// Metadata: a restarted node counts for placement (a replication factor
 /// of every node) only once the others reach it again.
+/// The broker ids `bootstrap`'s Metadata lists.
+pub async fn listed_brokers(bootstrap: &str) -> Result<Vec<i32>> {
+    let mut conn = KafkaConnection::connect(bootstrap).await?;
+    let metadata = conn
+        .send(12, &MetadataRequest::default().with_topics(Some(vec![])))
+        .await?;
+    Ok(metadata.brokers.iter().map(|b| b.node_id.0).collect())
+}
+
 pub async fn await_brokers(bootstraps: &[&str], ids: &[i32]) -> Result<()> {
     let started = Instant::now();
     for bootstrap in bootstraps {
         loop {
-            let listed: Vec<i32> = match KafkaConnection::connect(bootstrap).await {
-                Ok(mut conn) => conn
-                    .send(12, &MetadataRequest::default().with_topics(Some(vec![])))
-                    .await
-                    .map(|m| m.brokers.iter().map(|b| b.node_id.0).collect())
-                    .unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
+            let listed: Vec<i32> = listed_brokers(bootstrap).await.unwrap_or_default();
             if ids.iter().all(|id| listed.contains(id)) {
                 break;
             }
