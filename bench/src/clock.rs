@@ -22,6 +22,15 @@ pub fn now_us() -> u64 {
     ORIGIN.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
+/// Microseconds since the Unix epoch (wall clock), for lining the bench's
+/// times up with other processes' (fault scripts, librdkafka's log).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 pub fn secs(us: u64) -> f64 {
     us as f64 / 1e6
 }

@@ -221,10 +221,8 @@ fn leader_and_isr(metadata: &BaseConsumer) -> Option<(i32, usize)> {
 
 /// Seconds since the Unix epoch, to match the nodes' log lines.
 pub fn wall_clock() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+    let ms = crate::clock::unix_us() / 1000;
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {

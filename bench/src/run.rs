@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::admin::{self, TopicSetup};
 use crate::checker::Checker;
 use crate::cli::{RunArgs, StopRule, Workload};
-use crate::clock::{now_us, secs, RateSchedule};
+use crate::clock::{now_us, secs, unix_us, RateSchedule};
 use crate::consumer::{
     self, Assignment, ConsumerOutcome, ConsumerSetup, Membership, Positions, RunStart,
 };
@@ -539,13 +539,6 @@ fn fault_marks(
         .collect();
     marks.sort_by(|a, b| a.t.total_cmp(&b.t));
     marks
-}
-
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// End offsets for the final read, once the faults have healed: retried

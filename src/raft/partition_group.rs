@@ -810,7 +810,12 @@ impl PartitionGroup {
     /// (an idempotent producer's retry is then answered from its
     /// sequence). Checked every [`STANDING_CHECK_INTERVAL`].
     pub async fn lost_standing(&self) -> ProduceError {
-        let mut tick = tokio::time::interval(STANDING_CHECK_INTERVAL);
+        // The first check after one interval, not at once: most commits
+        // come within milliseconds, and the wait then costs nothing.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + STANDING_CHECK_INTERVAL,
+            STANDING_CHECK_INTERVAL,
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
