@@ -190,7 +190,8 @@ pub(super) struct VoteFiles {
     committed_file: CachedFile,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
-    committed_written: Option<std::time::Instant>,
+    // tokio's clock: the simulated one in the Raft simulation.
+    committed_written: Option<tokio::time::Instant>,
 }
 
 /// The commit hint's record, padded with bytes that cannot start a record.
@@ -246,7 +247,7 @@ impl VoteFiles {
                 .get()
                 .and_then(|file| file.write_all_at(&bytes, 0))
                 .map_err(|e| StorageIOError::write(&e))?;
-            self.committed_written = Some(std::time::Instant::now());
+            self.committed_written = Some(tokio::time::Instant::now());
         }
         Ok(())
     }

@@ -423,8 +423,9 @@ pub(super) async fn bootstrap<C: EntryTypes>(
             return;
         }
         tokio::select! {
-            _ = tokio::time::sleep(BOOTSTRAP_PROBE_INTERVAL) => {}
+            biased;
             _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(BOOTSTRAP_PROBE_INTERVAL) => {}
         }
     }
 }

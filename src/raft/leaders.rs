@@ -20,9 +20,10 @@
 //!   or cut off while the others elected another) notice that a peer claims
 //!   its group in a higher term and stop taking writes at once.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -53,9 +54,11 @@ pub struct Led {
 pub struct LeaderReport {
     pub version: u64,
     pub groups: Option<Arc<Vec<Led>>>,
-    /// When the sender started (Unix ms): elections prefer nodes that have
-    /// been up a while (see `PartitionGroup::check_election`).
-    pub started_unix_ms: u64,
+    /// How long the sender had been up when it sent this (ms): elections
+    /// prefer nodes that have been up a while (see
+    /// `PartitionGroup::check_election`). An uptime, not a start time, so
+    /// that no two nodes' clocks are compared.
+    pub uptime_ms: u64,
 }
 
 /// A connection's memory of what it last sent.
@@ -70,10 +73,8 @@ struct Own {
     groups: Arc<Vec<Led>>,
 }
 
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A peer's last report.
@@ -83,15 +84,16 @@ struct PeerReport {
     heard: Instant,
     /// Whether `groups` is the report of `version`.
     current: bool,
-    groups: HashMap<GroupId, Led>,
-    started_unix_ms: u64,
+    groups: BTreeMap<GroupId, Led>,
+    /// Its uptime when its last heartbeat arrived, and when that was.
+    uptime: (Duration, Instant),
 }
 
 /// This node's report and the latest report of each peer.
 pub struct Leaders {
     own: Mutex<Own>,
-    peers: RwLock<HashMap<NodeId, PeerReport>>,
-    started_unix_ms: u64,
+    peers: RwLock<BTreeMap<NodeId, PeerReport>>,
+    started: Instant,
 }
 
 impl Default for Leaders {
@@ -101,8 +103,8 @@ impl Default for Leaders {
                 version: 0,
                 groups: Arc::new(Vec::new()),
             }),
-            peers: RwLock::new(HashMap::new()),
-            started_unix_ms: unix_ms_now(),
+            peers: RwLock::new(BTreeMap::new()),
+            started: Instant::now(),
         }
     }
 }
@@ -143,7 +145,7 @@ impl Leaders {
         LeaderReport {
             version: own.version,
             groups: due.then(|| own.groups.clone()),
-            started_unix_ms: self.started_unix_ms,
+            uptime_ms: millis(now.duration_since(self.started)),
         }
     }
 
@@ -161,13 +163,13 @@ impl Leaders {
                         heard: now,
                         current: true,
                         groups,
-                        started_unix_ms: report.started_unix_ms,
+                        uptime: (Duration::from_millis(report.uptime_ms), now),
                     },
                 );
             }
             None => {
                 if let Some(p) = peers.get_mut(&peer) {
-                    p.started_unix_ms = report.started_unix_ms;
+                    p.uptime = (Duration::from_millis(report.uptime_ms), now);
                     p.current = p.version == report.version;
                     if p.current {
                         p.heard = now;
@@ -180,11 +182,13 @@ impl Leaders {
     /// How long `node` (this one, or a peer by its last report) has been up;
     /// `None` for a peer never heard.
     pub fn uptime(&self, node: Option<NodeId>) -> Option<Duration> {
-        let started = match node {
-            None => self.started_unix_ms,
-            Some(peer) => self.peers.read().get(&peer)?.started_unix_ms,
-        };
-        Some(Duration::from_millis(unix_ms_now().saturating_sub(started)))
+        match node {
+            None => Some(self.started.elapsed()),
+            Some(peer) => {
+                let (uptime, at) = self.peers.read().get(&peer)?.uptime;
+                Some(uptime + at.elapsed())
+            }
+        }
     }
 
     /// Whether a current report from `peer` was heard within `fresh`, so
@@ -295,7 +299,7 @@ mod tests {
             LeaderReport {
                 version: 99,
                 groups: None,
-                started_unix_ms: 0,
+                uptime_ms: 0,
             },
         );
         assert_eq!(receiver.claimed_term(2, &group(0), fresh), None);

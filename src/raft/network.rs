@@ -7,7 +7,7 @@
 //! frame (`TransportConfig::max_frame_bytes`): fine for the metadata group;
 //! partition groups will stream segments instead.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -197,7 +197,7 @@ impl<C: EntryTypes> GroupService for RaftService<C> {
 /// The groups this node hosts, by id: what the transport's server calls.
 #[derive(Default)]
 pub struct Registry {
-    groups: RwLock<HashMap<GroupId, Arc<dyn GroupService>>>,
+    groups: RwLock<BTreeMap<GroupId, Arc<dyn GroupService>>>,
     /// Set when this node starts its controlled shutdown: it then refuses
     /// to start elections for peers (`RaftRequest::Elect`), so a leader
     /// handing a partition back does not pick a node about to stop.
@@ -348,6 +348,7 @@ impl<C: EntryTypes> RaftNetwork<C> for PeerClient {
             data: *snapshot.snapshot,
         };
         let reply = tokio::select! {
+            biased;
             reply = self.call(&request) => reply,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };

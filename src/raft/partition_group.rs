@@ -296,6 +296,7 @@ impl Pending {
     /// background, holding the group's uncommitted budget.
     pub async fn appended(mut self) -> Result<AppendOutcome, ProduceError> {
         tokio::select! {
+            biased;
             outcome = &mut self.appended => {
                 let Pending { committed, permit, .. } = self;
                 tokio::spawn(async move {
@@ -368,7 +369,7 @@ pub struct PartitionGroup {
     /// For each follower: when it was last seen holding everything the
     /// leader had at the check before, and what the leader had at the last
     /// check (Kafka's lastCaughtUpTime and lastFetchLeaderLogEndOffset).
-    caught_up: Mutex<BTreeMap<NodeId, (std::time::Instant, Option<u64>)>>,
+    caught_up: Mutex<BTreeMap<NodeId, (tokio::time::Instant, Option<u64>)>>,
     transport: Arc<Transport>,
     /// Set once the node hands the leadership away ([`resign`](Self::resign)):
     /// the group takes no more writes here.
@@ -386,7 +387,10 @@ pub struct PartitionGroup {
     purge_keep_entries: u64,
     purge_step_entries: u64,
     /// When [`maybe_purge`](Self::maybe_purge) last looked.
-    purge_checked: Mutex<std::time::Instant>,
+    purge_checked: Mutex<tokio::time::Instant>,
+    /// What the followers were last told: the commit point, and how many
+    /// connections to them had been made then (see `maybe_tell_commit`).
+    told: Mutex<(Option<LogId<NodeId>>, u64)>,
 }
 
 /// How often a group looks whether its entry index can be purged.
@@ -396,12 +400,12 @@ const PURGE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 #[derive(Default)]
 struct ElectionCheck {
     /// Since when the group has had no reachable leader, as this node saw.
-    leaderless_since: Option<std::time::Instant>,
+    leaderless_since: Option<tokio::time::Instant>,
     /// Whether it lost a leader it knew (rather than never knowing one, as
     /// after a restart, before the leader's first heartbeat).
     lost_a_leader: bool,
     /// When this node may start its next election of the group.
-    next_try: Option<std::time::Instant>,
+    next_try: Option<tokio::time::Instant>,
 }
 
 /// The driver's reading of the group's Raft metrics, refreshed only when
@@ -415,7 +419,7 @@ struct Observed {
     voters: Vec<NodeId>,
     membership: Option<LogId<NodeId>>,
     /// The ISR last put in the heartbeat report: the term, when, and who.
-    reported: Option<(u64, std::time::Instant, Vec<NodeId>)>,
+    reported: Option<(u64, tokio::time::Instant, Vec<NodeId>)>,
 }
 
 impl Observed {
@@ -483,7 +487,7 @@ const ISR_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 struct KnownLeader {
     node: NodeId,
     term: u64,
-    since: std::time::Instant,
+    since: tokio::time::Instant,
 }
 
 /// Whether a follower's leader is still there; shared by the group's
@@ -494,7 +498,7 @@ struct LeaderWatch {
     known: Mutex<Option<KnownLeader>>,
     /// The last uncommitted vote seen here (a candidacy: this node's own,
     /// or one it granted), and since when.
-    candidacy: Mutex<Option<(u64, NodeId, std::time::Instant)>>,
+    candidacy: Mutex<Option<(u64, NodeId, tokio::time::Instant)>>,
 }
 
 impl LeaderWatch {
@@ -506,7 +510,7 @@ impl LeaderWatch {
     fn candidate_running(
         &self,
         vote: &openraft::Vote<NodeId>,
-        now: std::time::Instant,
+        now: tokio::time::Instant,
     ) -> Option<NodeId> {
         let voted_for = vote
             .leader_id()
@@ -539,7 +543,7 @@ impl LeaderWatch {
         leader: NodeId,
         term: u64,
         reachable: &(dyn Fn(NodeId) -> bool + Sync),
-        now: std::time::Instant,
+        now: tokio::time::Instant,
     ) -> bool {
         if !reachable(leader) {
             return false;
@@ -585,7 +589,7 @@ impl PreVoteJudge for Voter {
         if last_log_id < self.store.last_log_id() {
             return false;
         }
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let (l, running) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -608,8 +612,12 @@ impl PreVoteJudge for Voter {
     }
 }
 
-/// A pseudo-random number in `0..bound` (the retry jitter; not for keys).
-fn jitter(bound: u64) -> u64 {
+thread_local! {
+    /// The retry jitter's state, per thread (xorshift64; never zero).
+    static JITTER: std::cell::Cell<u64> = std::cell::Cell::new(jitter_seed());
+}
+
+fn jitter_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -617,7 +625,25 @@ fn jitter(bound: u64) -> u64 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos()),
     );
-    h.finish() % bound.max(1)
+    h.finish() | 1
+}
+
+/// A pseudo-random number in `0..bound` (the retry jitter; not for keys).
+fn jitter(bound: u64) -> u64 {
+    JITTER.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x % bound.max(1)
+    })
+}
+
+/// Makes this thread's jitter replay from `seed` (the Raft simulation).
+#[cfg(test)]
+pub(crate) fn seed_jitter(seed: u64) {
+    JITTER.with(|state| state.set(seed | 1));
 }
 
 /// How long a group with no leader known (a restarted replica, say) waits
@@ -774,7 +800,8 @@ impl PartitionGroup {
             lease,
             purge_keep_entries: timers.purge_keep_entries,
             purge_step_entries: timers.purge_step_entries,
-            purge_checked: Mutex::new(std::time::Instant::now()),
+            purge_checked: Mutex::new(tokio::time::Instant::now()),
+            told: Mutex::new((None, 0)),
         })
     }
 
@@ -958,7 +985,7 @@ impl PartitionGroup {
             return None;
         }
         let last = m.last_log_index;
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let mut caught_up = self.caught_up.lock();
         let mut in_sync = vec![self.node];
         for voter in m.membership_config.membership().voter_ids() {
@@ -1060,7 +1087,7 @@ impl PartitionGroup {
             return None;
         }
         let term = o.leadership.term;
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let fresh = o
             .reported
             .as_ref()
@@ -1121,7 +1148,7 @@ impl PartitionGroup {
     /// only below a snapshot: one is built first (it holds the high
     /// watermark and the membership, not data).
     pub fn maybe_purge(&self) {
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         {
             let mut checked = self.purge_checked.lock();
             if now.duration_since(*checked) < PURGE_CHECK_INTERVAL {
@@ -1164,6 +1191,45 @@ impl PartitionGroup {
         });
     }
 
+    /// On a leader, sends the followers an empty append carrying the commit
+    /// point when they may not know it: openraft sends the commit point
+    /// only with appends (Fjord turns its heartbeats off), so a follower
+    /// that missed the last one (the connection broke, or it restarted)
+    /// would keep an old high watermark until the next write. Due when the
+    /// group went idle with a commit point not yet sent this way, or when a
+    /// connection to a follower was made since the last time. Found by the
+    /// Raft simulation (`sim`): a follower's high watermark stayed behind
+    /// after the faults healed.
+    pub fn maybe_tell_commit(&self) {
+        if !self.leadership().is_me {
+            return;
+        }
+        let (committed, idle) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let committed = m.last_applied;
+            (committed, m.last_log_index == committed.map(|l| l.index))
+        };
+        let connections: u64 = self
+            .voters()
+            .into_iter()
+            .filter(|&v| v != self.node)
+            .map(|v| self.transport.connections_made(v))
+            .sum();
+        {
+            let mut told = self.told.lock();
+            let due = (idle && told.0 != committed) || told.1 != connections;
+            if !due {
+                return;
+            }
+            *told = (committed, connections);
+        }
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.trigger().heartbeat().await;
+        });
+    }
+
     /// One check of the node-level election driver (`ReplicaManager::
     /// drive_elections`; openraft's own elections are off). Starts an
     /// election on this node when the group has no leader that is still
@@ -1178,7 +1244,8 @@ impl PartitionGroup {
     /// the group in a later term sends its followers an empty append, whose
     /// answer makes it step down. Returns whether it started an election.
     pub fn check_election(self: &Arc<Self>, reachable: &(dyn Fn(NodeId) -> bool + Sync)) -> bool {
-        use std::time::{Duration, Instant};
+        use std::time::Duration;
+        use tokio::time::Instant;
         let now = Instant::now();
         enum Act {
             Nothing,
@@ -1359,5 +1426,7 @@ impl PartitionGroup {
     }
 }
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;

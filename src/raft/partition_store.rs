@@ -24,7 +24,7 @@
 //! indexed entry are truncated, and indexed entries whose batches are gone
 //! are dropped (with everything after them).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
@@ -168,7 +168,7 @@ struct Inner {
     unsynced: Vec<LogFlushed<PartitionTypes>>,
     syncing: bool,
     /// Producers waiting for their `Produce` entry's append, by token.
-    waiters: HashMap<u64, oneshot::Sender<AppendOutcome>>,
+    waiters: BTreeMap<u64, oneshot::Sender<AppendOutcome>>,
     next_token: u64,
     /// Where each leader epoch (term) starts, like Kafka's
     /// leader-epoch-checkpoint: start offsets strictly increase.
@@ -359,7 +359,7 @@ impl PartitionStore {
             durability,
             unsynced: Vec::new(),
             syncing: false,
-            waiters: HashMap::new(),
+            waiters: BTreeMap::new(),
             next_token: 0,
             epochs: BTreeMap::new(),
             recent: RecentBatches::default(),

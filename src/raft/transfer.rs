@@ -14,7 +14,8 @@
 //! elections are switched off first, so it does not take the leadership back.
 //! Tested with three partition replicas in `partition_group`'s tests.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use openraft::{Raft, ServerState};
 
@@ -141,7 +142,7 @@ pub async fn resign<C: EntryTypes>(
         };
         // Once a candidate was asked, give it the attempt's time to win;
         // otherwise look again as soon as the followers' progress changes.
-        let waited = tokio::time::timeout_at(attempt_end.into(), async {
+        let waited = tokio::time::timeout_at(attempt_end, async {
             loop {
                 metrics.changed().await?;
                 let m = metrics.borrow();

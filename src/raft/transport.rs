@@ -19,25 +19,27 @@
 //! handles at most `max_inflight` requests per connection at once and stops
 //! reading while it is full, and lost connections reconnect with backoff.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bincode::Options;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+// tokio's clock, not std's: the same in production, and the simulated one
+// when the Raft simulation test pauses time (`partition_group::sim`).
+use tokio::time::Instant;
 
 use super::leaders::{LeaderReport, Leaders, Sent};
 use super::types::{GroupId, NodeId};
 
 /// Bumped when `Frame` changes incompatibly; a peer on another version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Limits and timers of the transport.
 #[derive(Clone, Debug)]
@@ -132,10 +134,41 @@ pub trait Handler: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 }
 
+/// The reading half of a node-to-node connection.
+pub type LinkReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a node-to-node connection.
+pub type LinkWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Opens connections to peers: TCP in a broker, a simulated network in the
+/// Raft simulation test (which hands the other ends to
+/// [`Transport::serve_link`]).
+pub trait Dialer: Send + Sync + 'static {
+    fn dial(&self, addr: &str) -> BoxFuture<'static, std::io::Result<(LinkReader, LinkWriter)>>;
+}
+
+/// Connects over TCP, Nagle off.
+struct TcpDialer;
+
+impl Dialer for TcpDialer {
+    fn dial(&self, addr: &str) -> BoxFuture<'static, std::io::Result<(LinkReader, LinkWriter)>> {
+        let addr = addr.to_string();
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(tcp_link(stream))
+        })
+    }
+}
+
+fn tcp_link(stream: TcpStream) -> (LinkReader, LinkWriter) {
+    let (reader, writer) = stream.into_split();
+    (Box::new(reader), Box::new(writer))
+}
+
 /// When each peer was last heard from.
 #[derive(Default)]
 pub struct Liveness {
-    last_heard: Mutex<HashMap<NodeId, Instant>>,
+    last_heard: Mutex<BTreeMap<NodeId, Instant>>,
 }
 
 impl Liveness {
@@ -216,7 +249,7 @@ async fn read_frame(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>;
+type Pending = Mutex<BTreeMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>;
 
 /// Removes a call from `pending` when dropped.
 struct Forget<'a> {
@@ -237,6 +270,8 @@ struct Peer {
     queue: mpsc::Sender<Frame>,
     pending: Arc<Pending>,
     state: watch::Sender<PeerState>,
+    /// Outbound connections made to it so far.
+    connections: AtomicU64,
 }
 
 /// Where the outbound connection to a peer stands.
@@ -252,7 +287,7 @@ pub enum PeerState {
 /// The node's end of node-to-node RPC.
 pub struct Transport {
     config: TransportConfig,
-    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    peers: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
     next_id: AtomicU64,
     liveness: Arc<Liveness>,
     /// Which groups each node leads, from the heartbeats.
@@ -265,12 +300,23 @@ pub struct Transport {
     /// The cluster this node belongs to, once it knows (starts as
     /// `config.cluster_id`; see [`Transport::adopt_cluster_id`]).
     cluster_id: parking_lot::RwLock<Option<String>>,
+    dialer: Arc<dyn Dialer>,
 }
 
 impl Transport {
     pub fn new(config: TransportConfig, shutdown: watch::Receiver<bool>) -> Arc<Transport> {
+        Self::with_dialer(config, shutdown, Arc::new(TcpDialer))
+    }
+
+    /// A transport that reaches its peers through `dialer`.
+    pub fn with_dialer(
+        config: TransportConfig,
+        shutdown: watch::Receiver<bool>,
+        dialer: Arc<dyn Dialer>,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
-            peers: Mutex::new(HashMap::new()),
+            dialer,
+            peers: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             liveness: Arc::new(Liveness::default()),
             leaders: Arc::new(Leaders::default()),
@@ -328,6 +374,15 @@ impl Transport {
         self.is_alive(peer) && self.peer_state(peer) == Some(PeerState::Connected)
     }
 
+    /// How many times this node connected to `peer` (it changes when a
+    /// connection broke and was made again).
+    pub fn connections_made(&self, peer: NodeId) -> u64 {
+        self.peers
+            .lock()
+            .get(&peer)
+            .map_or(0, |p| p.connections.load(Ordering::Relaxed))
+    }
+
     /// Where the outbound connection to `peer` stands (`None`: not a peer).
     pub fn peer_state(&self, peer: NodeId) -> Option<PeerState> {
         Some(self.peers.lock().get(&peer)?.state.borrow().clone())
@@ -358,8 +413,9 @@ impl Transport {
         let state = Arc::new(Peer {
             id: peer,
             queue,
-            pending: Arc::new(Mutex::new(HashMap::new())),
+            pending: Arc::new(Mutex::new(BTreeMap::new())),
             state: watch::Sender::new(PeerState::Connecting),
+            connections: AtomicU64::new(0),
         });
         peers.insert(peer, state.clone());
         tokio::spawn(connect_loop(self.clone(), state, addr, rx));
@@ -418,29 +474,34 @@ impl Transport {
         let mut shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
+                biased;
+                _ = stopped(&mut shutdown) => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, addr)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(self.clone().serve_connection(stream, addr, handler.clone()));
+                        let (reader, writer) = tcp_link(stream);
+                        let work = self.clone().serve_link(reader, writer, addr.to_string(), handler.clone());
+                        tokio::spawn(work);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a peer connection failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = stopped(&mut shutdown) => return,
             }
         }
     }
 
-    async fn serve_connection(
+    /// Serves one peer's connection (from `addr`) until it ends or this
+    /// node shuts down.
+    pub async fn serve_link(
         self: Arc<Self>,
-        stream: TcpStream,
-        addr: SocketAddr,
+        mut reader: LinkReader,
+        mut writer: LinkWriter,
+        addr: String,
         handler: Arc<dyn Handler>,
     ) {
         let limit = self.config.max_frame_bytes;
-        let (mut reader, mut writer) = stream.into_split();
         let hello = tokio::time::timeout(
             self.config.handshake_timeout,
             read_frame(&mut reader, limit),
@@ -503,11 +564,12 @@ impl Transport {
         let write_task = tokio::spawn(async move {
             loop {
                 let frame = tokio::select! {
+                    biased;
+                    _ = heartbeat.tick() => Frame::Heartbeat { leaders: None },
                     frame = outgoing.recv() => match frame {
                         Some(frame) => frame,
                         None => return,
                     },
-                    _ = heartbeat.tick() => Frame::Heartbeat { leaders: None },
                 };
                 if write_frame(&mut writer, &frame, limit).await.is_err() {
                     return;
@@ -519,8 +581,9 @@ impl Transport {
         let mut shutdown = self.shutdown.clone();
         loop {
             let frame = tokio::select! {
-                frame = read_frame(&mut reader, limit) => frame,
+                biased;
                 _ = stopped(&mut shutdown) => break,
+                frame = read_frame(&mut reader, limit) => frame,
             };
             match frame {
                 Ok(Some(Frame::Heartbeat { leaders })) => {
@@ -583,10 +646,12 @@ async fn connect_loop(
         if *shutdown.borrow() {
             return;
         }
-        match open(&config, transport.cluster_id(), peer.id, &addr).await {
+        let dialer = transport.dialer.as_ref();
+        match open(dialer, &config, transport.cluster_id(), peer.id, &addr).await {
             Ok(Ok(stream)) => {
                 backoff = Duration::from_millis(20);
                 transport.liveness.heard(peer.id);
+                peer.connections.fetch_add(1, Ordering::Relaxed);
                 peer.state.send_replace(PeerState::Connected);
                 tracing::info!(peer = peer.id, %addr, "connected to peer");
                 run_connection(&transport, &peer, stream, &mut queue, &mut shutdown, limit).await;
@@ -607,8 +672,9 @@ async fn connect_loop(
             Err(e) => tracing::debug!(peer = peer.id, %addr, error = %e, "cannot reach peer"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            biased;
             _ = stopped(&mut shutdown) => return,
+            _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(config.reconnect_backoff_max);
     }
@@ -616,24 +682,24 @@ async fn connect_loop(
 
 /// Connects and shakes hands: the stream, or the peer's reason for refusing.
 async fn open(
+    dialer: &dyn Dialer,
     config: &TransportConfig,
     cluster_id: Option<String>,
     peer: NodeId,
     addr: &str,
-) -> std::io::Result<Result<TcpStream, String>> {
+) -> std::io::Result<Result<(LinkReader, LinkWriter), String>> {
     let limit = config.max_frame_bytes;
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let (mut reader, mut writer) = dialer.dial(addr).await?;
         let hello = Frame::Hello {
             version: PROTOCOL_VERSION,
             cluster_id,
             from: config.node_id,
             to: peer,
         };
-        write_frame(&mut stream, &hello, limit).await?;
-        match read_frame(&mut stream, limit).await? {
-            Some(Frame::Welcome { from }) if from == peer => Ok(Ok(stream)),
+        write_frame(&mut writer, &hello, limit).await?;
+        match read_frame(&mut reader, limit).await? {
+            Some(Frame::Welcome { from }) if from == peer => Ok(Ok((reader, writer))),
             Some(Frame::Refused { reason }) => Ok(Err(reason)),
             other => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -654,12 +720,11 @@ async fn open(
 async fn run_connection(
     transport: &Transport,
     peer: &Peer,
-    stream: TcpStream,
+    (mut reader, mut writer): (LinkReader, LinkWriter),
     queue: &mut mpsc::Receiver<Frame>,
     shutdown: &mut watch::Receiver<bool>,
     limit: usize,
 ) {
-    let (mut reader, mut writer) = stream.into_split();
     let pending = peer.pending.clone();
     let liveness = transport.liveness.clone();
     let peer_id = peer.id;
@@ -680,16 +745,20 @@ async fn run_connection(
     let mut heartbeat = heartbeat_timer(&transport.config);
     let mut sent = Sent::default();
     loop {
+        // Biased (here and in every select of the Raft layer), so that one
+        // seed's run of the simulation (`partition_group::sim`) replays
+        // exactly; the rare branches come first, so none starves.
         let frame = tokio::select! {
+            biased;
+            _ = stopped(shutdown) => break,
+            _ = &mut read_task => break,
+            _ = heartbeat.tick() => Frame::Heartbeat {
+                leaders: Some(transport.leaders.outgoing(&mut sent)),
+            },
             frame = queue.recv() => match frame {
                 Some(frame) => frame,
                 None => break,
             },
-            _ = heartbeat.tick() => Frame::Heartbeat {
-                leaders: Some(transport.leaders.outgoing(&mut sent)),
-            },
-            _ = &mut read_task => break,
-            _ = stopped(shutdown) => break,
         };
         if write_frame(&mut writer, &frame, limit).await.is_err() {
             break;

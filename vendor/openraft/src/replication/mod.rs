@@ -608,6 +608,9 @@ where
             tracing::debug!("backoff timeout: {:?}", sleep_duration);
 
             select! {
+                // Fjord patch: biased, so that a seed of Fjord's Raft
+                // simulation replays exactly (see FJORD-PATCH.md).
+                biased;
                 _ = sleep => {
                     tracing::debug!("backoff timeout");
                     return Ok(());
