@@ -671,7 +671,7 @@ const ELECTION_RETRY_JITTER_MIN_MS: u64 = 100;
 /// librdkafka waits up to `reconnect.backoff.max.ms` (10 s) before it
 /// reconnects to a broker it lost, so a leader there would keep them
 /// waiting. With pre-vote, its turn costs nothing if it cannot win.
-const FRESH_NODE: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const FRESH_NODE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PartitionGroup {
     /// Starts the group over `log`, registers it for peers' requests, and

@@ -21,6 +21,7 @@ use openraft::{Raft, ServerState};
 
 use super::entry_log::EntryTypes;
 use super::network::{decode, encode, RaftReply, RaftRequest};
+use super::partition_group::FRESH_NODE;
 use super::transport::Transport;
 use super::types::{GroupId, NodeId};
 
@@ -105,7 +106,11 @@ pub async fn resign<C: EntryTypes>(
                             matched.is_some() && matched.map(|l| l.index) >= m.last_log_index
                         })
                         .map(|(&peer, _)| peer)
-                        .find(|&peer| transport.is_reachable(peer))
+                        .filter(|&peer| transport.is_reachable(peer))
+                        // A node that just came back last: clients may not
+                        // have reconnected to it yet (in a rolling restart,
+                        // the node restarted before this one).
+                        .min_by_key(|&peer| (is_fresh(transport, peer), peer))
                 })
             } else if m.current_leader.is_none() {
                 candidate
@@ -156,6 +161,14 @@ pub async fn resign<C: EntryTypes>(
             return Resignation::Failed("the group stopped".to_string());
         }
     }
+}
+
+/// Whether `peer` started less than [`FRESH_NODE`] ago, by its last report.
+fn is_fresh(transport: &Transport, peer: NodeId) -> bool {
+    transport
+        .leaders()
+        .uptime(Some(peer))
+        .is_none_or(|up| up < FRESH_NODE)
 }
 
 async fn ask_to_elect<C: EntryTypes>(

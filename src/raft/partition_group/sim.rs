@@ -1129,12 +1129,12 @@ fn a_seed_replays_exactly() {
     assert_eq!(first.acked, second.acked);
 }
 
-/// `FJORD_SIM_SEEDS=FROM..TO` (default `0..500`): every seed, then the
+/// `FJORD_SIM_SEEDS=FROM..TO` (default `0..1000`): every seed, then the
 /// failing ones listed.
 #[test]
-#[ignore = "the long sweep: FJORD_SIM_SEEDS=0..500 cargo test --release --lib raft::partition_group::sim::sweep -- --ignored --nocapture"]
+#[ignore = "the long sweep: FJORD_SIM_SEEDS=0..1000 cargo test --release --lib raft::partition_group::sim::sweep -- --ignored --nocapture"]
 fn sweep() {
-    let range = std::env::var("FJORD_SIM_SEEDS").unwrap_or_else(|_| "0..500".into());
+    let range = std::env::var("FJORD_SIM_SEEDS").unwrap_or_else(|_| "0..1000".into());
     let (from, to) = range
         .split_once("..")
         .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
