@@ -48,8 +48,8 @@ REPO = BENCH_DIR.parent
 BENCH_BIN = REPO / "target" / "release" / "fjord-bench"
 FAULT = BENCH_DIR / "fault"
 SYSTEMS = {
-    "kafka": {"script": REPO / "scripts" / "kafka-cluster", "base": int(os.environ.get("BENCH_KAFKA_BASE", "39092"))},
-    "fjord": {"script": REPO / "scripts" / "fjord-cluster", "base": int(os.environ.get("BENCH_FJORD_BASE", "49092"))},
+    "kafka": {"script": REPO / "scripts" / "kafka-cluster", "base": int(os.environ.get("BENCH_KAFKA_BASE", "17092"))},
+    "fjord": {"script": REPO / "scripts" / "fjord-cluster", "base": int(os.environ.get("BENCH_FJORD_BASE", "17592"))},
 }
 TITLES = {"kafka": "Apache Kafka", "fjord": "Fjord"}
 COLORS = {"kafka": "#d62728", "fjord": "#1f77b4"}
