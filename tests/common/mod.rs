@@ -1072,12 +1072,28 @@ pub fn assert_exactly_acked(acks: &[Ack], records: &[Record], keys: u64) -> Resu
         "{missing} of {} acknowledged messages are missing",
         acks.len()
     );
-    ensure!(
-        records.len() == acks.len(),
-        "received {} records for {} acknowledged messages",
-        records.len(),
-        acks.len()
-    );
+    if records.len() != acks.len() {
+        // Name the records no acknowledgement accounts for: their offsets
+        // and values tell a duplicate from a record that was never acked.
+        let acked: std::collections::BTreeSet<(i32, i64)> =
+            acks.iter().map(|a| (a.partition, a.offset)).collect();
+        let extra: Vec<String> = records
+            .iter()
+            .filter(|r| !acked.contains(&(r.partition, r.offset)))
+            .take(10)
+            .map(|r| {
+                let value = r.value.as_deref().unwrap_or_default();
+                let shown = String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned();
+                format!("{}@{} {shown:?}", r.partition, r.offset)
+            })
+            .collect();
+        bail!(
+            "received {} records for {} acknowledged messages; not acknowledged: {}",
+            records.len(),
+            acks.len(),
+            extra.join(", ")
+        );
+    }
     assert_offsets_contiguous(records, 0)?;
     assert_per_key_order(records)
 }
