@@ -35,6 +35,7 @@ use openraft::{
 };
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::entry_log::io_error;
 use super::group::{bootstrap, GroupTimers};
@@ -369,7 +370,7 @@ pub struct PartitionGroup {
     /// For each follower: when it was last seen holding everything the
     /// leader had at the check before, and what the leader had at the last
     /// check (Kafka's lastCaughtUpTime and lastFetchLeaderLogEndOffset).
-    caught_up: Mutex<BTreeMap<NodeId, (tokio::time::Instant, Option<u64>)>>,
+    caught_up: Mutex<BTreeMap<NodeId, (Instant, Option<u64>)>>,
     transport: Arc<Transport>,
     /// Set once the node hands the leadership away ([`resign`](Self::resign)):
     /// the group takes no more writes here.
@@ -387,7 +388,7 @@ pub struct PartitionGroup {
     purge_keep_entries: u64,
     purge_step_entries: u64,
     /// When [`maybe_purge`](Self::maybe_purge) last looked.
-    purge_checked: Mutex<tokio::time::Instant>,
+    purge_checked: Mutex<Instant>,
 }
 
 /// How often a group looks whether its entry index can be purged.
@@ -397,12 +398,12 @@ const PURGE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 #[derive(Default)]
 struct ElectionCheck {
     /// Since when the group has had no reachable leader, as this node saw.
-    leaderless_since: Option<tokio::time::Instant>,
+    leaderless_since: Option<Instant>,
     /// Whether it lost a leader it knew (rather than never knowing one, as
     /// after a restart, before the leader's first heartbeat).
     lost_a_leader: bool,
     /// When this node may start its next election of the group.
-    next_try: Option<tokio::time::Instant>,
+    next_try: Option<Instant>,
 }
 
 /// The driver's reading of the group's Raft metrics, refreshed only when
@@ -416,7 +417,7 @@ struct Observed {
     voters: Vec<NodeId>,
     membership: Option<LogId<NodeId>>,
     /// The ISR last put in the heartbeat report: the term, when, and who.
-    reported: Option<(u64, tokio::time::Instant, Vec<NodeId>)>,
+    reported: Option<(u64, Instant, Vec<NodeId>)>,
 }
 
 impl Observed {
@@ -484,7 +485,7 @@ const ISR_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 struct KnownLeader {
     node: NodeId,
     term: u64,
-    since: tokio::time::Instant,
+    since: Instant,
 }
 
 /// Whether a follower's leader is still there; shared by the group's
@@ -495,7 +496,7 @@ struct LeaderWatch {
     known: Mutex<Option<KnownLeader>>,
     /// The last uncommitted vote seen here (a candidacy: this node's own,
     /// or one it granted), and since when.
-    candidacy: Mutex<Option<(u64, NodeId, tokio::time::Instant)>>,
+    candidacy: Mutex<Option<(u64, NodeId, Instant)>>,
 }
 
 impl LeaderWatch {
@@ -504,11 +505,7 @@ impl LeaderWatch {
     /// term, and no leader came of it yet), if that started less than
     /// [`CANDIDACY_WAIT`] ago. Meanwhile no one else should run: a second
     /// election would only take the term from a candidate about to win.
-    fn candidate_running(
-        &self,
-        vote: &openraft::Vote<NodeId>,
-        now: tokio::time::Instant,
-    ) -> Option<NodeId> {
+    fn candidate_running(&self, vote: &openraft::Vote<NodeId>, now: Instant) -> Option<NodeId> {
         let voted_for = vote
             .leader_id()
             .voted_for()
@@ -540,7 +537,7 @@ impl LeaderWatch {
         leader: NodeId,
         term: u64,
         reachable: &(dyn Fn(NodeId) -> bool + Sync),
-        now: tokio::time::Instant,
+        now: Instant,
     ) -> bool {
         if !reachable(leader) {
             return false;
@@ -586,7 +583,7 @@ impl PreVoteJudge for Voter {
         if last_log_id < self.store.last_log_id() {
             return false;
         }
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let (l, running) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -797,7 +794,7 @@ impl PartitionGroup {
             lease,
             purge_keep_entries: timers.purge_keep_entries,
             purge_step_entries: timers.purge_step_entries,
-            purge_checked: Mutex::new(tokio::time::Instant::now()),
+            purge_checked: Mutex::new(Instant::now()),
         })
     }
 
@@ -836,7 +833,7 @@ impl PartitionGroup {
         // The first check after one interval, not at once: most commits
         // come within milliseconds, and the wait then costs nothing.
         let mut tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + STANDING_CHECK_INTERVAL,
+            Instant::now() + STANDING_CHECK_INTERVAL,
             STANDING_CHECK_INTERVAL,
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -981,7 +978,7 @@ impl PartitionGroup {
             return None;
         }
         let last = m.last_log_index;
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let mut caught_up = self.caught_up.lock();
         let mut in_sync = vec![self.node];
         for voter in m.membership_config.membership().voter_ids() {
@@ -1083,7 +1080,7 @@ impl PartitionGroup {
             return None;
         }
         let term = o.leadership.term;
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let fresh = o
             .reported
             .as_ref()
@@ -1144,7 +1141,7 @@ impl PartitionGroup {
     /// only below a snapshot: one is built first (it holds the high
     /// watermark and the membership, not data).
     pub fn maybe_purge(&self) {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         {
             let mut checked = self.purge_checked.lock();
             if now.duration_since(*checked) < PURGE_CHECK_INTERVAL {
@@ -1202,7 +1199,6 @@ impl PartitionGroup {
     /// answer makes it step down. Returns whether it started an election.
     pub fn check_election(self: &Arc<Self>, reachable: &(dyn Fn(NodeId) -> bool + Sync)) -> bool {
         use std::time::Duration;
-        use tokio::time::Instant;
         let now = Instant::now();
         enum Act {
             Nothing,
