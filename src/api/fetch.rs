@@ -225,6 +225,15 @@ fn read_pass(slots: &[Slot], max_bytes: usize) -> Vec<Answer> {
             if !partition.has_standing() {
                 return error_answer(ResponseError::NotLeaderOrFollower);
             }
+            // Elected a moment ago, before it applied what its predecessor
+            // committed: its high watermark and log start may be behind,
+            // so it serves nothing yet (an offset between its high
+            // watermark and the true one would otherwise look out of
+            // range, and records DeleteRecords removed could be served).
+            // The fetch waits: the blank entry's apply wakes it.
+            if !partition.leads_settled() {
+                return answer;
+            }
             if slot.current_leader_epoch >= 0 {
                 if slot.current_leader_epoch < epoch {
                     answer.error = Some(ResponseError::FencedLeaderEpoch);

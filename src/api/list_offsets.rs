@@ -56,7 +56,7 @@ pub async fn handle(
                                     .code()
                             }
                             Some(partition) => {
-                                match lookup(&partition, p.timestamp, epoch_to_check) {
+                                match lookup(&partition, p.timestamp, epoch_to_check, version) {
                                     Ok((offset, timestamp)) => {
                                         r.offset = offset;
                                         r.timestamp = timestamp;
@@ -90,8 +90,20 @@ fn lookup(
     partition: &Partition,
     timestamp: i64,
     current_leader_epoch: i32,
+    version: i16,
 ) -> Result<(i64, i64), ResponseError> {
     check_epoch(partition, current_leader_epoch)?;
+    // A leader elected a moment ago may not have applied what its
+    // predecessor committed (a moved log start, the high watermark): it
+    // answers once it has (KIP-207's OFFSET_NOT_AVAILABLE, retriable; a
+    // client older than v2 knows LEADER_NOT_AVAILABLE instead).
+    if !partition.leads_settled() {
+        return Err(if version >= 2 {
+            ResponseError::OffsetNotAvailable
+        } else {
+            ResponseError::LeaderNotAvailable
+        });
+    }
     let storage = |e: crate::log::LogError| {
         tracing::error!(partition = %partition.tp.dir_name(), error = %e, "offset lookup failed");
         ResponseError::KafkaStorageError

@@ -58,6 +58,9 @@ struct MachineInner {
     membership: StoredMembership<NodeId, BasicNode>,
     snapshot: Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>,
     snapshots_built: u64,
+    /// The term of `last_applied` once its apply finished, log start moves
+    /// included: what [`PartitionGroup::leads_settled`] asks.
+    applied_term: Option<u64>,
 }
 
 /// A partition group's state machine: the high watermark, and the log
@@ -93,6 +96,7 @@ impl PartitionMachine {
                 membership,
                 snapshot: None,
                 snapshots_built: 0,
+                applied_term: last_applied.map(|l: LogId<NodeId>| l.leader_id.term),
             })),
             high_watermark,
             log,
@@ -102,6 +106,12 @@ impl PartitionMachine {
 
     pub fn high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
+    }
+
+    /// The term of the last entry whose apply finished (a log start it
+    /// moved is in place).
+    fn applied_term(&self) -> Option<u64> {
+        self.inner.lock().applied_term
     }
 }
 
@@ -210,6 +220,17 @@ impl RaftStateMachine<PartitionTypes> for PartitionMachine {
                 }
                 Err(error) => tracing::warn!(%error, "moving the log start offset failed"),
             }
+        }
+        let new_term = {
+            let mut inner = self.inner.lock();
+            let term = inner.last_applied.map(|l| l.leader_id.term);
+            std::mem::replace(&mut inner.applied_term, term) != term
+        };
+        if new_term {
+            // Entries of a new term (a new leader's blank entry first):
+            // reads waiting for the leader to settle
+            // ([`PartitionGroup::leads_settled`]) look again.
+            self.high_watermark.send_modify(|_| {});
         }
         Ok(answers)
     }
@@ -953,6 +974,21 @@ impl PartitionGroup {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         leadership_of(&m, self.node)
+    }
+
+    /// Whether this node leads and has applied an entry of its own term
+    /// (the blank entry a Raft leader appends when elected). Until then it
+    /// does not know how far the group committed: entries its predecessor
+    /// committed may still be unapplied here, a log start offset moved by
+    /// DeleteRecords or retention among them. Kafka's new leader likewise
+    /// answers ListOffsets with OFFSET_NOT_AVAILABLE until its high
+    /// watermark reaches its epoch (KIP-207).
+    pub fn leads_settled(&self) -> bool {
+        let leadership = self.leadership();
+        // The machine's own record, not openraft's metrics: those follow
+        // only after `apply` returns, and a read woken by the blank
+        // entry's apply would still find them behind.
+        leadership.is_me && self.machine.applied_term() == Some(leadership.term)
     }
 
     /// The voters of the group, as its membership says.

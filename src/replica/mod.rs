@@ -277,6 +277,13 @@ impl Partition {
         }
     }
 
+    /// Whether this replica leads and has applied an entry of its own
+    /// epoch (see `PartitionGroup::leads_settled`): before that, reads of
+    /// the log start, the high watermark or records wait.
+    pub fn leads_settled(&self) -> bool {
+        self.group().is_some_and(|g| g.leads_settled())
+    }
+
     /// Whether this replica leads and may still commit (not cut off from
     /// its followers, not superseded); see `PartitionGroup::has_standing`.
     pub fn has_standing(&self) -> bool {

@@ -55,6 +55,8 @@ pub const BROKER_STOP_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Interval between readiness/exit checks: there is no event to wait for on a
 /// foreign process, so we poll, always under one of the bounds above.
 const PROCESS_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest wait for a SIGSTOPped broker to have stopped every thread.
+const PAUSE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Bound for admin operations and for a new topic to show leaders in metadata.
 pub const TOPIC_READY_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Timeout of one blocking metadata / watermark request.
@@ -353,9 +355,40 @@ impl Broker {
         self.process_mut()?.kill9()
     }
 
-    /// SIGSTOP: the process is frozen, its sockets stay open.
+    /// SIGSTOP, and waits until every thread of the process has stopped:
+    /// the process is frozen, its sockets stay open.
+    ///
+    /// kill(2) returns before the process stops: the kernel hands a stop
+    /// signal to one thread, which stops the others once it runs, and on a
+    /// loaded machine the other threads go on working (answering peers)
+    /// for milliseconds meanwhile. The parent learns of the completed stop
+    /// through waitid(2) with `WSTOPPED`.
     pub fn pause(&mut self) -> Result<()> {
-        self.signal(libc::SIGSTOP)
+        self.signal(libc::SIGSTOP)?;
+        let pid = self.pid().context("no running process to pause")?;
+        let deadline = Instant::now() + PAUSE_WAIT_MAX;
+        loop {
+            // SAFETY: waitid(2) on a child this handle spawned, writing
+            // into a zeroed siginfo_t it owns.
+            let (rc, stopped) = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let rc = libc::waitid(libc::P_PID, pid, &mut info, libc::WSTOPPED | libc::WNOHANG);
+                (rc, info.si_pid() != 0)
+            };
+            ensure!(
+                rc == 0,
+                "waitid({pid}): {}",
+                std::io::Error::last_os_error()
+            );
+            if stopped {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "process {pid} did not stop within {PAUSE_WAIT_MAX:?} of SIGSTOP"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after [`pause`](Self::pause).

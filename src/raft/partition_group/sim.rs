@@ -662,6 +662,8 @@ struct Checker {
     committed: BTreeMap<i64, Held>,
     /// Per node, the offset below which its committed prefix was read.
     read_to: BTreeMap<NodeId, i64>,
+    /// The highest high watermark any replica showed at an earlier sample.
+    committed_end: i64,
     violations: Vec<String>,
 }
 
@@ -833,6 +835,23 @@ fn sample(checker: &mut Checker, running: &Running, start: Instant) {
         .iter()
         .map(|(&n, (g, l))| (n, g.clone(), l.clone()))
         .collect();
+    // A leader in the latest term that settled in it (what Fetch and
+    // ListOffsets wait for) knows how far the group committed: its high
+    // watermark is never below one a replica showed before. (A leader of
+    // an older term cut off from the others may lag: it has no lease.)
+    let seen = checker.committed_end;
+    let latest = checker.terms.values().copied().max().unwrap_or(0);
+    for (node, group, _) in &nodes {
+        let high_watermark = *group.high_watermark().borrow();
+        let term = group.raft.metrics().borrow().current_term;
+        if term >= latest && group.leads_settled() && high_watermark < seen {
+            checker.violation(
+                at,
+                format!("node {node} leads, settled, with high watermark {high_watermark} below {seen}, committed before"),
+            );
+        }
+        checker.committed_end = checker.committed_end.max(high_watermark);
+    }
     for (node, group, log) in nodes {
         let metrics = group.raft.metrics().borrow().clone();
         checker.raft(at, node, &metrics);
