@@ -410,6 +410,9 @@ pub struct PartitionGroup {
     purge_step_entries: u64,
     /// When [`maybe_purge`](Self::maybe_purge) last looked.
     purge_checked: Mutex<Instant>,
+    /// What the followers were last told: the commit point, and how many
+    /// connections to them had been made then (see `maybe_tell_commit`).
+    told: Mutex<(Option<LogId<NodeId>>, u64)>,
 }
 
 /// How often a group looks whether its entry index can be purged.
@@ -816,6 +819,7 @@ impl PartitionGroup {
             purge_keep_entries: timers.purge_keep_entries,
             purge_step_entries: timers.purge_step_entries,
             purge_checked: Mutex::new(Instant::now()),
+            told: Mutex::new((None, 0)),
         })
     }
 
@@ -1217,6 +1221,45 @@ impl PartitionGroup {
             } else {
                 let _ = raft.trigger().purge_log(to).await;
             }
+        });
+    }
+
+    /// On a leader, sends the followers an empty append carrying the commit
+    /// point when they may not know it: openraft sends the commit point
+    /// only with appends (Fjord turns its heartbeats off), so a follower
+    /// that missed the last one (the connection broke, or it restarted)
+    /// would keep an old high watermark until the next write. Due when the
+    /// group went idle with a commit point not yet sent this way, or when a
+    /// connection to a follower was made since the last time. Found by the
+    /// Raft simulation (`sim`): a follower's high watermark stayed behind
+    /// after the faults healed.
+    pub fn maybe_tell_commit(&self) {
+        if !self.leadership().is_me {
+            return;
+        }
+        let (committed, idle) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let committed = m.last_applied;
+            (committed, m.last_log_index == committed.map(|l| l.index))
+        };
+        let connections: u64 = self
+            .voters()
+            .into_iter()
+            .filter(|&v| v != self.node)
+            .map(|v| self.transport.connections_made(v))
+            .sum();
+        {
+            let mut told = self.told.lock();
+            let due = (idle && told.0 != committed) || told.1 != connections;
+            if !due {
+                return;
+            }
+            *told = (committed, connections);
+        }
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.trigger().heartbeat().await;
         });
     }
 

@@ -270,6 +270,8 @@ struct Peer {
     queue: mpsc::Sender<Frame>,
     pending: Arc<Pending>,
     state: watch::Sender<PeerState>,
+    /// Outbound connections made to it so far.
+    connections: AtomicU64,
 }
 
 /// Where the outbound connection to a peer stands.
@@ -372,6 +374,15 @@ impl Transport {
         self.is_alive(peer) && self.peer_state(peer) == Some(PeerState::Connected)
     }
 
+    /// How many times this node connected to `peer` (it changes when a
+    /// connection broke and was made again).
+    pub fn connections_made(&self, peer: NodeId) -> u64 {
+        self.peers
+            .lock()
+            .get(&peer)
+            .map_or(0, |p| p.connections.load(Ordering::Relaxed))
+    }
+
     /// Where the outbound connection to `peer` stands (`None`: not a peer).
     pub fn peer_state(&self, peer: NodeId) -> Option<PeerState> {
         Some(self.peers.lock().get(&peer)?.state.borrow().clone())
@@ -404,6 +415,7 @@ impl Transport {
             queue,
             pending: Arc::new(Mutex::new(BTreeMap::new())),
             state: watch::Sender::new(PeerState::Connecting),
+            connections: AtomicU64::new(0),
         });
         peers.insert(peer, state.clone());
         tokio::spawn(connect_loop(self.clone(), state, addr, rx));
@@ -639,6 +651,7 @@ async fn connect_loop(
             Ok(Ok(stream)) => {
                 backoff = Duration::from_millis(20);
                 transport.liveness.heard(peer.id);
+                peer.connections.fetch_add(1, Ordering::Relaxed);
                 peer.state.send_replace(PeerState::Connected);
                 tracing::info!(peer = peer.id, %addr, "connected to peer");
                 run_connection(&transport, &peer, stream, &mut queue, &mut shutdown, limit).await;

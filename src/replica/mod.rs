@@ -821,6 +821,7 @@ impl ReplicaManager {
             for group in &groups {
                 group.check_election(&reachable);
                 group.maybe_purge();
+                group.maybe_tell_commit();
             }
         }
     }

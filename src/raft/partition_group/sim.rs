@@ -565,6 +565,7 @@ async fn drive(
         reporting.leaders().set_own(led.into_iter().collect());
         group.check_election(&reachable);
         group.maybe_purge();
+        group.maybe_tell_commit();
     }
 }
 

@@ -120,6 +120,7 @@ async fn start_with(
             peers.leaders().set_own(led.into_iter().collect());
             driven.check_election(&reachable);
             driven.maybe_purge();
+            driven.maybe_tell_commit();
         }
     });
     Replica {
