@@ -31,6 +31,7 @@ impl KafkaError {
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const INCONSISTENT_TOPIC_ID: i16 = 103;
+    pub const OFFSET_NOT_AVAILABLE: i16 = 78;
     pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const NOT_COORDINATOR: i16 = 16;
@@ -58,7 +59,9 @@ impl KafkaError {
     }
 
     /// Errors after which the same request may succeed once metadata is
-    /// refreshed: leadership moved, or a new topic has not reached every broker.
+    /// refreshed: leadership moved, or a new topic has not reached every broker
+    /// (or, OFFSET_NOT_AVAILABLE, a leader elected a moment ago has not settled
+    /// yet: asked again, it answers).
     /// Each of them means the request was *not* applied, so a produce retry
     /// cannot duplicate records.
     pub fn is_stale_metadata(&self) -> bool {
@@ -72,6 +75,7 @@ impl KafkaError {
                 | Self::UNKNOWN_LEADER_EPOCH
                 | Self::UNKNOWN_TOPIC_ID
                 | Self::INCONSISTENT_TOPIC_ID
+                | Self::OFFSET_NOT_AVAILABLE
         )
     }
 

@@ -1100,11 +1100,36 @@ pub async fn produce_ids(
 /// contiguous from 0 and that each key's records are in produce order.
 pub fn assert_exactly_acked(acks: &[Ack], records: &[Record], keys: u64) -> Result<()> {
     let missing = check_acks_present(acks, records, keys)?;
-    ensure!(
-        missing == 0,
-        "{missing} of {} acknowledged messages are missing",
-        acks.len()
-    );
+    if missing > 0 {
+        // Name them, with how far each one's partition was read: an offset
+        // past the end read, or inside it, tell different stories.
+        let present: std::collections::BTreeSet<(i32, i64)> =
+            records.iter().map(|r| (r.partition, r.offset)).collect();
+        let mut read_to: BTreeMap<i32, i64> = BTreeMap::new();
+        for r in records {
+            let end = read_to.entry(r.partition).or_insert(0);
+            *end = (*end).max(r.offset + 1);
+        }
+        let named: Vec<String> = acks
+            .iter()
+            .filter(|a| !present.contains(&(a.partition, a.offset)))
+            .take(10)
+            .map(|a| {
+                format!(
+                    "message {} at {}/{} (partition read to {})",
+                    a.id,
+                    a.partition,
+                    a.offset,
+                    read_to.get(&a.partition).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        bail!(
+            "{missing} of {} acknowledged messages are missing: {}",
+            acks.len(),
+            named.join(", ")
+        );
+    }
     if records.len() != acks.len() {
         // Name the records no acknowledgement accounts for: their offsets
         // and values tell a duplicate from a record that was never acked.
