@@ -994,8 +994,34 @@ pub fn check_acks_present(acks: &[Ack], records: &[Record], keys: u64) -> Result
             r.offset
         );
     }
+    // librdkafka acknowledges some messages without an offset (-1): an
+    // idempotent producer whose request failed with an uncertain outcome (its
+    // leader was killed) and whose next request succeeded knows the first
+    // was persisted too, but not where ("implicitly acked"). Those are found
+    // by their value, in their partition, and must be there exactly once.
+    let mut by_value: HashMap<(i32, &[u8]), usize> = HashMap::new();
+    if acks.iter().any(|a| a.offset < 0) {
+        for r in records {
+            *by_value
+                .entry((r.partition, r.value.as_deref().unwrap_or_default()))
+                .or_default() += 1;
+        }
+    }
     let mut missing = 0;
     for ack in acks {
+        if ack.offset < 0 {
+            let value = message_value(ack.id);
+            match by_value.get(&(ack.partition, value.as_bytes())) {
+                None => missing += 1,
+                Some(1) => {}
+                Some(n) => bail!(
+                    "message {} (acknowledged without an offset) is in {}/* {n} times",
+                    ack.id,
+                    ack.partition
+                ),
+            }
+            continue;
+        }
         let Some(r) = at.get(&(ack.partition, ack.offset)) else {
             missing += 1;
             continue;
@@ -1135,9 +1161,18 @@ pub fn assert_exactly_acked(acks: &[Ack], records: &[Record], keys: u64) -> Resu
         // and values tell a duplicate from a record that was never acked.
         let acked: std::collections::BTreeSet<(i32, i64)> =
             acks.iter().map(|a| (a.partition, a.offset)).collect();
+        let acked_without_offset: std::collections::BTreeSet<(i32, String)> = acks
+            .iter()
+            .filter(|a| a.offset < 0)
+            .map(|a| (a.partition, message_value(a.id)))
+            .collect();
         let extra: Vec<String> = records
             .iter()
             .filter(|r| !acked.contains(&(r.partition, r.offset)))
+            .filter(|r| {
+                let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
+                !acked_without_offset.contains(&(r.partition, value.into_owned()))
+            })
             .take(10)
             .map(|r| {
                 let value = r.value.as_deref().unwrap_or_default();
