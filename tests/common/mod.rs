@@ -670,9 +670,6 @@ fn fjord_bin() -> Result<PathBuf> {
     }
 }
 
-/// A port that was free a moment ago. Another process could take it before
-/// the broker binds; on a test machine that race is rare and shows up as a
-/// clear start-up failure.
 /// Whether an external broker is configured, which a test that needs its
 /// own process must skip (printing why).
 fn skip_for_external(test_name: &str, needs: &str) -> bool {
@@ -687,7 +684,35 @@ fn skip_for_external(test_name: &str, needs: &str) -> bool {
     }
 }
 
+/// A port that was free a moment ago, below the kernel's ephemeral range
+/// (32768–60999 by default): a broker restarted on its port after a kill
+/// would otherwise find it taken now and then by some client's outgoing
+/// connection, which the kernel numbers from that range (seen under CPU
+/// load: "Address already in use"). Another process could still take it
+/// before the broker binds; that shows up as a clear start-up failure. No
+/// port is handed out twice by one test process.
 fn free_port() -> Result<u16> {
+    const FIRST: u16 = 20_000;
+    const COUNT: u64 = 8_000; // up to 27999: clear of the compat tests' 28xxx
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .map_err(|_| anyhow!("port registry poisoned"))?;
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 16);
+    for i in 0..COUNT {
+        let port = FIRST + ((seed.wrapping_add(i * 7_919)) % COUNT) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
