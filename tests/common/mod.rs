@@ -1010,6 +1010,11 @@ pub struct Ack {
 /// and offset its delivery report named, with the key and value that were
 /// sent. Returns the number of acknowledged messages that are missing.
 pub fn check_acks_present(acks: &[Ack], records: &[Record], keys: u64) -> Result<usize> {
+    Ok(missing_acks(acks, records, keys)?.len())
+}
+
+/// [`check_acks_present`], naming the acknowledged messages that are missing.
+fn missing_acks<'a>(acks: &'a [Ack], records: &[Record], keys: u64) -> Result<Vec<&'a Ack>> {
     let mut at: HashMap<(i32, i64), &Record> = HashMap::with_capacity(records.len());
     for r in records {
         ensure!(
@@ -1032,12 +1037,12 @@ pub fn check_acks_present(acks: &[Ack], records: &[Record], keys: u64) -> Result
                 .or_default() += 1;
         }
     }
-    let mut missing = 0;
+    let mut missing = Vec::new();
     for ack in acks {
         if ack.offset < 0 {
             let value = message_value(ack.id);
             match by_value.get(&(ack.partition, value.as_bytes())) {
-                None => missing += 1,
+                None => missing.push(ack),
                 Some(1) => {}
                 Some(n) => bail!(
                     "message {} (acknowledged without an offset) is in {}/* {n} times",
@@ -1048,7 +1053,7 @@ pub fn check_acks_present(acks: &[Ack], records: &[Record], keys: u64) -> Result
             continue;
         }
         let Some(r) = at.get(&(ack.partition, ack.offset)) else {
-            missing += 1;
+            missing.push(ack);
             continue;
         };
         let value = r.value.as_deref().unwrap_or_default();
@@ -1150,20 +1155,17 @@ pub async fn produce_ids(
 /// ack present at its partition and offset, nothing else), that offsets are
 /// contiguous from 0 and that each key's records are in produce order.
 pub fn assert_exactly_acked(acks: &[Ack], records: &[Record], keys: u64) -> Result<()> {
-    let missing = check_acks_present(acks, records, keys)?;
-    if missing > 0 {
+    let missing = missing_acks(acks, records, keys)?;
+    if !missing.is_empty() {
         // Name them, with how far each one's partition was read: an offset
         // past the end read, or inside it, tell different stories.
-        let present: std::collections::BTreeSet<(i32, i64)> =
-            records.iter().map(|r| (r.partition, r.offset)).collect();
         let mut read_to: BTreeMap<i32, i64> = BTreeMap::new();
         for r in records {
             let end = read_to.entry(r.partition).or_insert(0);
             *end = (*end).max(r.offset + 1);
         }
-        let named: Vec<String> = acks
+        let named: Vec<String> = missing
             .iter()
-            .filter(|a| !present.contains(&(a.partition, a.offset)))
             .take(10)
             .map(|a| {
                 format!(
@@ -1176,7 +1178,8 @@ pub fn assert_exactly_acked(acks: &[Ack], records: &[Record], keys: u64) -> Resu
             })
             .collect();
         bail!(
-            "{missing} of {} acknowledged messages are missing: {}",
+            "{} of {} acknowledged messages are missing: {}",
+            missing.len(),
             acks.len(),
             named.join(", ")
         );
@@ -1186,17 +1189,17 @@ pub fn assert_exactly_acked(acks: &[Ack], records: &[Record], keys: u64) -> Resu
         // and values tell a duplicate from a record that was never acked.
         let acked: std::collections::BTreeSet<(i32, i64)> =
             acks.iter().map(|a| (a.partition, a.offset)).collect();
-        let acked_without_offset: std::collections::BTreeSet<(i32, String)> = acks
+        let acked_without_offset: std::collections::BTreeSet<(i32, Vec<u8>)> = acks
             .iter()
             .filter(|a| a.offset < 0)
-            .map(|a| (a.partition, message_value(a.id)))
+            .map(|a| (a.partition, message_value(a.id).into_bytes()))
             .collect();
         let extra: Vec<String> = records
             .iter()
             .filter(|r| !acked.contains(&(r.partition, r.offset)))
             .filter(|r| {
-                let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
-                !acked_without_offset.contains(&(r.partition, value.into_owned()))
+                let value = r.value.clone().unwrap_or_default();
+                !acked_without_offset.contains(&(r.partition, value))
             })
             .take(10)
             .map(|r| {
