@@ -62,14 +62,6 @@ pub struct PartitionView {
     /// `None` while the partition has no leader (its replica is offline,
     /// or an election is under way).
     pub leader: Option<i32>,
-    /// While there is no leader but a majority of the replicas is
-    /// reachable and has reported which groups it leads (an election is
-    /// under way, not a leader this node has yet to hear of): the replica first in the
-    /// election's line, likely the next leader. Metadata names it, so that a
-    /// client tries it and, until it leads, meets NOT_LEADER_OR_FOLLOWER and
-    /// looks again at once; with no leader named at all (-1), librdkafka
-    /// only looks again at its next periodic refresh, up to a second later.
-    pub electing: Option<i32>,
     pub leader_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
@@ -819,38 +811,8 @@ impl Broker {
                 }
             },
         };
-        let local_offline =
-            replicas.contains(&self.config.node_id) && self.replicas.is_offline(topic, partition);
-        let reached: Vec<i32> = replicas.iter().copied().filter(|&r| reachable(r)).collect();
-        // Only when every reachable replica's report is in: before that
-        // (this node just started), the leader may be one not heard yet.
-        let electing = (leader.is_none()
-            && !local_offline
-            && reached.len() * 2 > replicas.len()
-            && reached.iter().all(|&r| self.metadata.has_reported(r)))
-        .then(|| reached.iter().copied().min())
-        .flatten()
-        .or_else(|| {
-            // This node reaches none of the other replicas (it is the one
-            // cut off) while clients reach it: it names the replica first
-            // in the others' election line, so that a client that only
-            // asks this node tries that one instead of waiting here.
-            let others: Vec<i32> = replicas
-                .iter()
-                .copied()
-                .filter(|&r| r != self.config.node_id)
-                .collect();
-            (leader.is_none()
-                && !local_offline
-                && replicas.contains(&self.config.node_id)
-                && !others.is_empty()
-                && reached.iter().all(|&r| r == self.config.node_id))
-            .then(|| others.iter().copied().min())
-            .flatten()
-        });
         PartitionView {
             leader,
-            electing,
             leader_epoch,
             replicas,
             isr,

@@ -330,9 +330,10 @@ async fn a_paused_leader_serves_nothing_uncommitted_and_loses_nothing_committed(
             "acks=all to a leader cut off from its followers: error {code}, not NOT_LEADER_OR_FOLLOWER"
         );
         // To clients that still reach it, the cut-off leader lists every
-        // broker and names another replica (the first the others may
-        // elect), and refuses fetches: a client that asks this node alone
-        // goes looking for the new leader instead of waiting here.
+        // broker, names no leader (not itself: as in Kafka, no leader is
+        // named before one is elected) and refuses fetches: a client goes
+        // looking for the new leader among the brokers listed instead of
+        // waiting here.
         let not_leader = kafka_protocol::error::ResponseError::NotLeaderOrFollower.code();
         let md = common::cluster::topic_metadata(&mut to_old, &topic).await?;
         let listed: BTreeSet<i32> = md.brokers.iter().map(|b| b.node_id.0).collect();
@@ -346,7 +347,7 @@ async fn a_paused_leader_serves_nothing_uncommitted_and_loses_nothing_committed(
             .and_then(|t| t.partitions.first())
             .map(|p| p.leader_id.0);
         ensure!(
-            named.is_some_and(|l| l > 0 && l != old),
+            named.is_some_and(|l| l != old),
             "the cut-off leader names {named:?} as the leader"
         );
         let (code, _, _) = fetch_values(&mut to_old, &topic).await?;
@@ -681,12 +682,21 @@ async fn earliest(bootstrap: &str, topic: &str) -> Result<Result<i64, i16>> {
     })
 }
 
-/// The log start offset of partition 0 once `bootstrap` answers ListOffsets
-/// for it (a new leader may first refuse: retried, bounded).
-async fn await_earliest(bootstrap: &str, topic: &str) -> Result<i64> {
+/// The log start offset of partition 0 from its leader among `alive`, as
+/// `witness` names it at each attempt (a new leader may first refuse, and
+/// during an election Metadata may name the replica likely to win, which
+/// may not: retried, bounded).
+async fn await_earliest(
+    bootstraps: &[String],
+    witness: &str,
+    topic: &str,
+    alive: &[i32],
+) -> Result<i64> {
     let deadline = Instant::now() + CONVERGE_WAIT_MAX;
     loop {
-        match earliest(bootstrap, topic).await? {
+        let led = await_leaders(witness, topic, 1, alive).await?;
+        let leader = &bootstraps[led[&0] as usize - 1];
+        match earliest(leader, topic).await? {
             Ok(offset) => return Ok(offset),
             Err(code) => ensure!(Instant::now() < deadline, "ListOffsets: error {code}"),
         }
@@ -725,8 +735,7 @@ async fn deleted_records_stay_deleted_when_the_leader_is_killed() -> Result<()> 
         nodes[leader as usize - 1].kill9()?;
         let survivors: Vec<i32> = (1..=NODES as i32).filter(|&n| n != leader).collect();
         let witness = &bootstraps[survivors[0] as usize - 1];
-        let led = await_leaders(witness, &topic, 1, &survivors).await?;
-        let start = await_earliest(&bootstraps[led[&0] as usize - 1], &topic).await?;
+        let start = await_earliest(&bootstraps, witness, &topic, &survivors).await?;
         ensure!(
             start == 120,
             "the new leader's log starts at {start}, not 120"
@@ -798,6 +807,12 @@ async fn produce_batches(
     let mut sent = 0;
     while sent < batches {
         let leader = leaders(witness, topic).await?[&0].0;
+        if leader < 1 {
+            // No leader named during an election: ask again.
+            ensure!(Instant::now() < deadline, "produce {tag}: no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         let mut conn = KafkaConnection::connect(&bootstraps[leader as usize - 1]).await?;
         while sent < batches {
             let (error, base) = produce_tagged(&mut conn, topic, tag, 10, -1).await?;
@@ -842,7 +857,7 @@ async fn a_replica_the_log_start_moved_past_is_rebuilt_from_the_leaders_log() ->
         let survivors: Vec<i32> = all.iter().copied().filter(|&n| n != preferred).collect();
         await_leaders(&at(survivors[0]), &topic, 1, &survivors).await?;
         next = produce_batches(&at(survivors[0]), &bootstraps, &topic, "b", 20, next).await?;
-        let leader = leaders(&at(survivors[0]), &topic).await?[&0].0;
+        let leader = await_leaders(&at(survivors[0]), &topic, 1, &survivors).await?[&0];
         let mut conn = KafkaConnection::connect(&at(leader)).await?;
         let (error, low_watermark) = delete_records(&mut conn, &topic, 255).await?;
         ensure!(
@@ -863,7 +878,7 @@ async fn a_replica_the_log_start_moved_past_is_rebuilt_from_the_leaders_log() ->
 
         // It serves what the old leader served: from 255 to 400, every
         // record once, in order.
-        let start = await_earliest(&at(preferred), &topic).await?;
+        let start = await_earliest(&bootstraps, &at(preferred), &topic, &[preferred]).await?;
         ensure!(
             start == 255,
             "the rebuilt replica's log starts at {start}, not 255"

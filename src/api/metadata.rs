@@ -194,9 +194,16 @@ fn topic_response(broker: &Broker, version: i16, topic: &TopicMeta) -> MetadataR
             p.partition_index = index;
             let view = broker.partition_view(topic, index);
             p.replica_nodes = view.replicas.iter().copied().map(BrokerId).collect();
-            // During an election, the replica likely to win (see
-            // `PartitionView::electing`), so that clients look again soon.
-            match view.leader.or(view.electing) {
+            // No leader is named before one is elected, as in Kafka: an
+            // epoch names one leader. Fjord named the replica likely to win
+            // (with the election's term) until librdkafka, told of the
+            // winner by one node and of the guess by another, kept a
+            // producer on the guessed broker for good, and sent batches to
+            // a replica that was becoming leader: the first refused, the
+            // next taken out of sequence, OUT_OF_ORDER_SEQUENCE_NUMBER made
+            // it bump its epoch and resend batches the old leader had
+            // already committed (duplicates).
+            match view.leader {
                 Some(leader) => {
                     p.leader_id = BrokerId(leader);
                     if version >= 7 {

@@ -142,6 +142,20 @@ mod tests {
     }
 
     #[test]
+    fn errors_of_a_moving_or_unsettled_leader_are_retried() {
+        let retried =
+            |code| KafkaError::from_code(code, None).is_some_and(|e| e.is_stale_metadata());
+        // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, and
+        // OFFSET_NOT_AVAILABLE from a leader that has not settled yet.
+        assert!(retried(6));
+        assert!(retried(5));
+        assert!(retried(78));
+        // OFFSET_OUT_OF_RANGE and TOPIC_AUTHORIZATION_FAILED are answers.
+        assert!(!retried(1));
+        assert!(!retried(29));
+    }
+
+    #[test]
     fn display_includes_broker_message() {
         let e = KafkaError::from_code(36, Some("Topic 't' already exists.")).unwrap();
         assert_eq!(

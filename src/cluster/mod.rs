@@ -511,17 +511,6 @@ impl ClusterMetadata {
         broker == self.node_id || self.transport.is_reachable(broker as NodeId)
     }
 
-    /// Whether this node knows which groups `broker` leads: itself, or a
-    /// peer whose current heartbeat report arrived within `dead_after` (a
-    /// node that just started has none until the first one comes).
-    pub fn has_reported(&self, broker: i32) -> bool {
-        broker == self.node_id
-            || self
-                .transport
-                .leaders()
-                .reported(broker as NodeId, self.transport.config().dead_after)
-    }
-
     /// The peer that, by its latest heartbeat report, leads `group` in the
     /// highest term, among the reachable ones.
     pub fn claimed_leader(

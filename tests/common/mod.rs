@@ -1205,7 +1205,14 @@ pub fn assert_exactly_acked(acks: &[Ack], records: &[Record], keys: u64) -> Resu
             .map(|r| {
                 let value = r.value.as_deref().unwrap_or_default();
                 let shown = String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned();
-                format!("{}@{} {shown:?}", r.partition, r.offset)
+                // A copy of an acknowledged message (a duplicate) names
+                // where its acknowledgement put it.
+                let acked_at = parse_id(value)
+                    .ok()
+                    .and_then(|id| acks.iter().find(|a| a.id == id))
+                    .map(|a| format!(" (message acknowledged at {}@{})", a.partition, a.offset))
+                    .unwrap_or_default();
+                format!("{}@{} {shown:?}{acked_at}", r.partition, r.offset)
             })
             .collect();
         bail!(
