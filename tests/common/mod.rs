@@ -844,13 +844,16 @@ fn wait_topic_leaders(bootstrap: &str, topic: &str, partitions: i32) -> Result<(
 
 /// (low, high) watermarks of every partition of `topic`. Retries (bounded)
 /// while the broker cannot answer yet, e.g. just after a restart while it
-/// recovers its logs: a client does the same.
+/// recovers its logs, or while a node has not yet heard which node leads a
+/// partition it does not host (it names no leader then, as Kafka does), each
+/// time with a new client: librdkafka asks for no new metadata for a
+/// watermark query alone.
 pub async fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<(i64, i64)>> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || -> Result<Vec<(i64, i64)>> {
-        let client: BaseConsumer = client_config(&bootstrap).create()?;
         let started = Instant::now();
         loop {
+            let client: BaseConsumer = client_config(&bootstrap).create()?;
             let marks: Result<Vec<(i64, i64)>> = (0..partitions)
                 .map(|p| {
                     client
