@@ -1368,6 +1368,15 @@ mod tests {
         );
         close_broker(broker).await;
         let broker = open_broker(dir.path(), 50).await;
+        // The start waits for the replay only so long (LONE_LOAD_WAIT): on
+        // a loaded machine, wait here until the group is coordinated.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while broker.groups.coordinates(&broker, "g").is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the offsets partition is replayed");
         let found = broker
             .groups
             .fetch_offsets("g", Some(vec![("t".into(), vec![0])]));
